@@ -1,0 +1,85 @@
+"""The Python API; every CLI command is a thin wrapper over one of these functions."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import UsageError
+from .lut import LatencyTable
+from .pipeline import PruneJob, run_prune
+from .search import SearchConfig, SearchResult, search as _search
+from .session import Session, SessionConfig
+from .spec import load_spec, target_files
+from .timing import Latency
+
+
+def targets() -> list[dict]:
+    """Every target file found, with whether its runtime is installed here."""
+    from .targets import target_class
+    rows = []
+    for name, path in sorted(target_files().items()):
+        try:
+            spec = load_spec(str(path))
+            installed = target_class(spec.runtime).installed()
+            rows.append({"name": name, "runtime": spec.runtime, "device": spec.device,
+                         "threads": spec.threads, "installed": installed, "path": str(path),
+                         "budgets_ms": spec.budgets_ms})
+        except UsageError as e:
+            rows.append({"name": name, "error": str(e), "path": str(path), "installed": False})
+    return rows
+
+
+def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None = None,
+            weights: str | None = None) -> Latency:
+    """End-to-end latency of a model name/factory or an ONNX file on ``target``."""
+    from .targets import get_target
+    if model_or_onnx.endswith(".onnx"):
+        from .export import check_onnx
+        check_onnx(model_or_onnx)
+        return get_target(target).measure(model_or_onnx)
+    from .loop import measure_model
+    s = Session.open(SessionConfig(model=model_or_onnx, target=target, input_size=input_size, weights=weights))
+    return measure_model(s.model, s.input_shape, s.target)
+
+
+def profile(model: str, target: str = "ort-cpu", input_size: int | None = None,
+            out: str | None = None, **session) -> LatencyTable:
+    """Measure (or resume measuring) the model's latency table on ``target``."""
+    cfg = SessionConfig(model=model, target=target, input_size=input_size, table=out, reprofile=True, **session)
+    return Session.open(cfg).table()
+
+
+def search(model: str, budget_ms: float, target: str = "ort-cpu", input_size: int | None = None,
+           config: SearchConfig | None = None, **session) -> SearchResult:
+    """Per-group widths predicted to fit ``budget_ms`` (profiles first if no table exists)."""
+    s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
+    if not budget_ms > 0:
+        raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+    return _search(s.table(), s.scores(), budget_ms, s.search_config(config or SearchConfig()))
+
+
+def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
+          data: str = "digits", epochs: int = 3, finetune: bool = True, steps: int = 1,
+          search: SearchConfig | None = None, **session) -> dict:
+    """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``."""
+    job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
+                   epochs, finetune, steps, search or SearchConfig())
+    return run_prune(job)
+
+
+def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | None = None,
+           weights: str | None = None, target: str = "ort-cpu", widths: dict[str, int] | None = None):
+    """Export a model (optionally pruned to ``widths`` with ``weights`` of the pruned model)."""
+    from .export import export_artifact, resolve_kind
+    resolve_kind(kind)
+    s = Session.open(SessionConfig(model=model, target=target, input_size=input_size,
+                                   weights=None if widths else weights))
+    model_ = s.model
+    if widths:
+        from .models import load_weights
+        from .prune import prune_to_widths
+        model_ = prune_to_widths(s.model, s.input_shape, widths)
+        if weights:
+            load_weights(model_, weights)
+    return export_artifact(model_, kind, out, s.input_shape, {"model": model, "target": s.spec.name})

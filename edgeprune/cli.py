@@ -1,0 +1,191 @@
+"""Command line: parse, call the API, print. Errors become one line on stderr and an exit code."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EdgepruneError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except EdgepruneError as e:
+        print(f"edgeprune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgeprune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _session_kwargs(a) -> dict:
+    keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance")
+    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+
+
+def cmd_targets(a) -> int:
+    from .api import targets
+    rows = targets()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        mark = "installed" if r["installed"] else "not installed"
+        if "error" in r:
+            print(f"{r['name']:<20} invalid: {r['error']}")
+        else:
+            print(f"{r['name']:<20} {r['runtime']:<14} {r['device']:<10} {mark}")
+    return 0
+
+
+def cmd_measure(a) -> int:
+    from .api import measure
+    lat = measure(a.model, a.target, a.input_size, a.weights)
+    if a.json:
+        print(json.dumps({"target": a.target, **lat.to_dict()}))
+    else:
+        print(f"{a.model} on {a.target}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms ({lat.runs} runs)")
+    return 0
+
+
+def cmd_profile(a) -> int:
+    from .api import profile
+    from .profile import ProfileConfig
+    cfg = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate)
+    kw = _session_kwargs(a)
+    kw.pop("table", None)
+    t = profile(a.model, a.target, out=a.out, profile=cfg, **{k: v for k, v in kw.items() if k != "input_size"},
+                input_size=a.input_size)
+    e = t.error
+    print(f"wrote {t.path}: {len(t.layers)} layers, {len(t.groups)} groups; prediction error over "
+          f"{e.n} random configurations: {e.within_10pct:.0%} within ±10%, RMSPE {e.rmspe:.1%}")
+    return 0
+
+
+def _search_config(a):
+    from .search import SearchConfig
+    return SearchConfig(min_ratio=a.min_ratio, min_width=a.min_width, round_to=a.round_to,
+                        protect=list(a.protect or []))
+
+
+def cmd_search(a) -> int:
+    from .api import search
+    r = search(a.model, a.budget_ms, a.target, config=_search_config(a), **_session_kwargs(a))
+    if a.json:
+        print(json.dumps(r.to_dict()))
+    else:
+        print(f"predicted {r.predicted_ms:.3f} ms (budget {r.budget_ms:.3f}, unpruned {r.full_ms:.3f}); "
+              f"importance kept {r.kept_importance:.1%}")
+        for g, w in r.widths.items():
+            print(f"  {g:<32} {w}")
+    return 0
+
+
+def cmd_prune(a) -> int:
+    from .api import prune
+    from .report import print_summary
+    out = Path(a.out)
+    report = prune(a.model, out, a.budget_ms, a.target, data=a.data, epochs=a.epochs,
+                   finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
+                   data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
+                   test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, **_session_kwargs(a))
+    print_summary(report)
+    print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
+    return 0 if report["within_budget"] else 1
+
+
+def cmd_export(a) -> int:
+    from .api import export
+    widths = None
+    if a.run:
+        report = json.loads((Path(a.run) / "report.json").read_text())
+        widths = report["widths"]
+        a.weights = a.weights or str(Path(a.run) / "model.pt")
+    r = export(a.model, a.out, a.format, a.input_size, a.weights, a.target, widths)
+    print(f"wrote {r.path} ({r.kind}, {r.size_bytes} bytes, max |diff| vs PyTorch {r.max_abs_diff:.2e})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeprune", description="Prune CNNs to a measured latency budget.")
+    sub = p.add_subparsers(title="commands")
+
+    def cmd(name, func, help_):
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.set_defaults(func=func)
+        return c
+
+    def common(c, model=True):
+        if model:
+            c.add_argument("model", help="torchvision name, efficientnet_lite0, or pkg.module:factory")
+        c.add_argument("--target", default="ort-cpu", help="target name in targets/ or a YAML path")
+        c.add_argument("--input-size", type=int, help="square input size in pixels")
+        c.add_argument("--weights", help="trained state dict (loaded with weights_only=True)")
+
+    def table_args(c):
+        c.add_argument("--table", help="latency table file (default profiles/TARGET/MODEL-SIZEpx.json)")
+        c.add_argument("--profiles-dir", help="where tables are kept (default ./profiles)")
+        c.add_argument("--allow-table-mismatch", action="store_true", default=None,
+                       help="use a table measured under other conditions")
+        c.add_argument("--importance", help="channel importance: l1 (default), l2, bn_scale, fpgm, lamp")
+
+    def search_args(c):
+        c.add_argument("--budget-ms", type=float, help="latency budget (default: the target file's)")
+        c.add_argument("--min-ratio", type=float, default=0.25, help="no group below this fraction")
+        c.add_argument("--min-width", type=int, default=8)
+        c.add_argument("--round-to", type=int, default=8)
+        c.add_argument("--protect", nargs="+", metavar="NAME", help="layers or groups kept whole")
+
+    c = cmd("targets", cmd_targets, "list targets and whether their runtime is installed")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("measure", cmd_measure, "measure a model or ONNX file end to end on a target")
+    common(c)
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("profile", cmd_profile, "measure the per-layer latency table of a model on a target")
+    common(c)
+    table_args(c)
+    c.add_argument("--out", help="table file to write")
+    c.add_argument("--levels", type=int, default=5, help="widths per group (rounded up to a prime)")
+    c.add_argument("--runs", type=int, default=10, help="profiled runs per configuration")
+    c.add_argument("--validate", type=int, default=5, help="random configurations for the error")
+
+    c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
+    common(c)
+    table_args(c)
+    search_args(c)
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("prune", cmd_prune, "prune, fine-tune and export a model to fit a measured budget")
+    common(c)
+    table_args(c)
+    search_args(c)
+    c.add_argument("--data", default="digits", help="digits, fashion-mnist, or an ImageFolder path")
+    c.add_argument("--data-root", help="Fashion-MNIST directory")
+    c.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (spread over --steps)")
+    c.add_argument("--baseline-epochs", type=int, default=3, help="epochs to train an untrained model first")
+    c.add_argument("--no-finetune", action="store_true")
+    c.add_argument("--steps", type=int, default=1, help="gradual pruning: prune+fine-tune steps")
+    c.add_argument("--train-samples", type=int)
+    c.add_argument("--val-samples", type=int)
+    c.add_argument("--test-samples", type=int)
+    c.add_argument("--out", required=True, help="output directory")
+
+    c = cmd("export", cmd_export, "export a (pruned) model as a validated device artifact")
+    common(c)
+    c.add_argument("--format", default="onnx", help="onnx, ort (openvino, tensorrt: later)")
+    c.add_argument("--run", help="a prune output directory: export its pruned model")
+    c.add_argument("--out", required=True)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The closed loop: search on the table, prune, export, measure on the target; if the measured
+latency is over budget, tighten the search budget by the measured miss and try again."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from .errors import BudgetNotMet, InfeasibleBudget
+from .lut import LatencyTable
+from .onnxio import export_onnx
+from .prune import prune_to_widths
+from .search import SearchConfig, SearchResult, bounds, search
+from .targets.base import Target
+from .timing import Latency
+
+
+@dataclass
+class LoopConfig:
+    max_rounds: int = 4
+    margin: float = 0.02   # aim this fraction under the budget so re-measurement noise still fits
+    importance: str = "l1"
+
+
+@dataclass
+class Round:
+    round: int
+    search_budget_ms: float
+    predicted_ms: float
+    measured_ms: float
+    measured_p90_ms: float
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class LoopResult:
+    model: nn.Module
+    search: SearchResult
+    latency: Latency
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return self.search.widths
+
+
+def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable,
+               scores: dict[str, np.ndarray], target: Target, budget_ms: float,
+               search_cfg: SearchConfig, cfg: LoopConfig | None = None) -> LoopResult:
+    """Prune ``model`` (a copy) until its measured median latency on ``target`` fits.
+
+    Each round aims ``margin`` under the budget; a miss scales the search budget by
+    aim/measured, never below the smallest allowed model, which is tried before giving up.
+    """
+    cfg = cfg or LoopConfig()
+    aim = budget_ms * (1 - cfg.margin)
+    floor = table.predict(bounds(table, search_cfg)[0])
+    if floor > budget_ms:
+        raise InfeasibleBudget(budget_ms, floor)
+    search_budget, rounds, best = max(aim, floor), [], None
+    for k in range(1, cfg.max_rounds + 1):
+        result = search(table, scores, search_budget, search_cfg)
+        pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance)
+        latency = measure_model(pruned, input_shape, target)
+        rounds.append(Round(k, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms))
+        current = LoopResult(pruned, result, latency, rounds)
+        if best is None or latency.median_ms < best.latency.median_ms:
+            best = current
+        if latency.median_ms <= aim or search_budget <= floor * (1 + 1e-9):
+            break
+        search_budget = max(floor, search_budget * aim / latency.median_ms)
+    if best.latency.median_ms <= budget_ms:
+        return best
+    raise BudgetNotMet(f"after {len(rounds)} rounds the best model measures {best.latency.median_ms:.3f} ms "
+                       f"> budget {budget_ms:.3f} ms (smallest allowed model predicted {floor:.3f} ms); "
+                       f"raise the budget or lower --min-ratio/--min-width")
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], target: Target) -> Latency:
+    """Export to a temporary ONNX file and measure it end to end on ``target``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return target.measure(export_onnx(model, input_shape, Path(tmp) / "model.onnx"))
+
+
+def gradual_budgets(baseline_ms: float, budget_ms: float, steps: int) -> list[float]:
+    """Geometric steps from the unpruned latency down to the budget (last one is the budget)."""
+    if steps <= 1 or budget_ms >= baseline_ms:
+        return [budget_ms]
+    ratio = (budget_ms / baseline_ms) ** (1 / steps)
+    return [baseline_ms * ratio ** k for k in range(1, steps)] + [budget_ms]
+
+
+def bounded(cfg: SearchConfig, widths: dict[str, int]) -> SearchConfig:
+    """The same constraints, never wider than ``widths`` (a pruned model cannot regrow)."""
+    return replace(cfg, max_widths=dict(widths))

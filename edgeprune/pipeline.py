@@ -1,0 +1,169 @@
+"""The main job: model + target + budget -> a pruned, fine-tuned, exported model that measures
+inside the budget, and a report. Re-running the same job resumes from its checkpoints."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import UsageError
+from .loop import LoopConfig, bounded, fit_budget, gradual_budgets, measure_model
+from .profile import ProfileConfig
+from .search import SearchConfig
+from .session import Session, SessionConfig
+
+
+@dataclass
+class PruneJob:
+    """Everything `edgeprune prune` takes."""
+
+    session: SessionConfig
+    out: Path
+    budget_ms: float | None = None
+    epochs: int = 3
+    finetune: bool = True
+    steps: int = 1
+    search: SearchConfig = field(default_factory=SearchConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+class Stages:
+    """Wall time per stage, for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+
+def run_prune(job: PruneJob) -> dict:
+    """Run the whole job; returns the report (also written to ``job.out``)."""
+    from .export import export_artifact
+    from .finetune import FinetuneConfig, train
+    from .metrics import evaluate
+    from .models import model_stats, save_weights
+    from .report import write_report
+
+    stages = Stages()
+    with stages("setup"):
+        s = Session.open(job.session)
+        budget = resolve_budget(job.budget_ms, s)
+    with stages("profile"):
+        table = s.table()
+        check_feasible(table, s.search_config(job.search), budget)
+    job.out.mkdir(parents=True, exist_ok=True)
+    with stages("baseline"):
+        s.ensure_trained(job.out / "baseline.ckpt")
+        before = evaluate(s.model, s.data.loader("test"), s.data.num_classes)
+        baseline = measure_model(s.model, s.input_shape, s.target)
+    teacher = copy.deepcopy(s.model).eval()
+    current, rounds, history = s.model, [], []
+    budgets = gradual_budgets(baseline.median_ms, budget, job.steps)
+    epochs = split_epochs(job.epochs if job.finetune else 0, len(budgets))
+    for k, (step_budget, step_epochs) in enumerate(zip(budgets, epochs), 1):
+        with stages("search+measure"):
+            cfg = s.search_config(job.search)
+            cfg = bounded(cfg, s.widths(current)) if k > 1 else cfg
+            result = fit_budget(current, s.input_shape, table, s.scores(current), s.target, step_budget, cfg, job.loop)
+            rounds += [{**r.to_dict(), "step": k} for r in result.rounds]
+            current = result.model
+        if step_epochs:
+            with stages("finetune"):
+                ft = FinetuneConfig(epochs=step_epochs, threads=s.cfg.train_threads, progress=s.cfg.progress)
+                key = _key(result.widths, k, asdict(ft))
+                res = train(current, s.data, ft, job.out / f"finetune{k}.ckpt", teacher=teacher, key=key)
+                history += [{**h, "step": k} for h in res.to_dict()["history"]]
+    with stages("export"):
+        meta = {"target": s.spec.name, "budget_ms": budget, "widths": result.widths,
+                "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape)}
+        art = export_artifact(current, "onnx", job.out / "model.onnx", s.input_shape, meta)
+        save_weights(current, job.out / "model.pt")
+        final = s.target.measure(art.path)
+    with stages("evaluate"):
+        after = evaluate(current, s.data.loader("test"), s.data.num_classes)
+    report = build_report(s, job, budget, baseline, final, result, rounds, table, before, after,
+                          model_stats(teacher, s.input_shape), model_stats(current, s.input_shape),
+                          art, history, stages.seconds)
+    write_report(report, job.out)
+    for ckpt in job.out.glob("finetune*.ckpt"):
+        ckpt.unlink()
+    return report
+
+
+def check_feasible(table, cfg: SearchConfig, budget_ms: float) -> None:
+    """Fail before any training when even the smallest allowed model is predicted over budget."""
+    from .errors import InfeasibleBudget
+    from .search import bounds
+    floor_ms = table.predict(bounds(table, cfg)[0])
+    if floor_ms > budget_ms:
+        raise InfeasibleBudget(budget_ms, floor_ms)
+
+
+def split_epochs(total: int, steps: int) -> list[int]:
+    """Spread ``total`` fine-tune epochs over gradual steps, the remainder to the last steps."""
+    base, extra = divmod(total, steps)
+    return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
+
+
+def resolve_budget(budget_ms: float | None, s: "Session") -> float:
+    if budget_ms is None:
+        budget_ms = s.spec.budget_for(s.cfg.model)
+        if budget_ms is None:
+            raise UsageError(f"no --budget-ms given and target {s.spec.name!r} has no budget for "
+                             f"{s.cfg.model!r} (budgets_ms: {', '.join(s.spec.budgets_ms) or 'none'})")
+    if not budget_ms > 0:
+        raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+    return float(budget_ms)
+
+
+def build_report(s, job, budget, baseline, final, result, rounds, table, before, after,
+                 stats_before, stats_after, art, history, stage_seconds) -> dict:
+    full = table.groups
+    protected = set(s.search_config(job.search).protect)
+    layers = [{"group": g, "modules": s.structure.groups[g].producers, "channels": c,
+               "kept": result.widths.get(g, c), "ratio": round(result.widths.get(g, c) / c, 4),
+               "protected": g in protected} for g, c in full.items()]
+    size_before = _onnx_size(s, s.model)
+    return {
+        "model": s.cfg.model, "target": s.spec.name, "input_size": s.cfg.input_size,
+        "data": s.data.name, "budget_ms": budget, "baseline_ms": baseline.median_ms,
+        "baseline_p90_ms": baseline.p90_ms, "predicted_ms": result.search.predicted_ms,
+        "measured_ms": final.median_ms, "measured_p90_ms": final.p90_ms, "measured_runs": final.runs,
+        "speedup": baseline.median_ms / final.median_ms, "within_budget": final.median_ms <= budget,
+        "accuracy_before": before.accuracy, "accuracy_after": after.accuracy,
+        "metrics_before": before.to_dict(), "metrics_after": after.to_dict(),
+        "params_before": stats_before["params"], "params_after": stats_after["params"],
+        "macs_before": stats_before["macs"], "macs_after": stats_after["macs"],
+        "size_bytes_before": size_before, "size_bytes_after": art.size_bytes,
+        "kept_importance": result.search.kept_importance, "layers": layers, "widths": result.widths,
+        "table": {"path": str(table.path), "hash": table.digest,
+                  "error": {k: getattr(table.error, k) for k in ("n", "within_10pct", "rmspe", "max_abs_pct")}},
+        "rounds": rounds, "stage_seconds": stage_seconds,
+        "finetune": {"history": history, "epochs": job.epochs if job.finetune else 0, "steps": job.steps},
+        "artifact": {"path": str(art.path), "kind": art.kind, "max_abs_diff": art.max_abs_diff},
+        "versions": {"edgeprune": __version__, "torch": torch.__version__,
+                     "runtime": s.target.runtime_version()},
+    }
+
+
+def _onnx_size(s, model) -> int:
+    import tempfile
+    from .onnxio import export_onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_onnx(model, s.input_shape, Path(tmp) / "m.onnx").stat().st_size
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,282 @@
+"""Build a LatencyTable by measuring the whole model in context on the target.
+
+Design: with ``m`` width levels per group (m prime) and a colouring of groups such that
+the two groups of any layer differ in colour, configuration (i, j) gives group g the level
+(i + j * colour[g]) mod m. Every layer then sees every (c_in level, c_out level) pair exactly
+once in m*m whole-model runs, measured by the runtime's own per-node profiler, so fusion and
+layout effects are part of each layer's cost. End-to-end runs of the same configurations
+calibrate the profiler's sum; random configurations not in the design measure the error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from . import __version__
+from .groups import Structure, analyse
+from .lut import LatencyTable, LayerEntry, TableError
+from .onnxio import atomic_path, export_onnx, module_call_order, node_module_map
+from .progress import bar
+from .prune import prune_to_widths
+from .spec import TimingSpec
+from .targets.base import NodeTime, Target
+
+CALIBRATION_TIMING = TimingSpec(warmup_s=0.1, min_runs=15, min_time_s=0.15, max_time_s=5, windows=2)
+VALIDATION_TIMING = TimingSpec(warmup_s=0.2, min_runs=30, min_time_s=0.3, max_time_s=8, windows=3)
+
+
+@dataclass
+class ProfileConfig:
+    levels: int = 5          # widths measured per group; rounded up to a prime
+    min_ratio: float = 0.125  # smallest width profiled, as a fraction of the group
+    round_to: int = 8
+    runs: int = 10           # profiled runs per configuration (per-node medians)
+    validate: int = 5        # random configurations measured end to end for the table's error
+    seed: int = 0
+    progress: bool = True
+
+
+def table_meta(target: Target, structure: Structure, model_name: str) -> dict:
+    """The conditions a table is valid under (compared on load) plus provenance."""
+    return {**target.fingerprint(), "target": target.spec.name, "model": model_name,
+            "model_signature": structure.signature, "input_shape": list(structure.input_shape),
+            "schema": 1}
+
+
+def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], out: str | os.PathLike,
+                model_name: str = "model", cfg: ProfileConfig | None = None) -> LatencyTable:
+    """Profile ``model`` on ``target`` and save the table at ``out`` (resumable)."""
+    cfg = cfg or ProfileConfig()
+    t0 = time.time()
+    structure = analyse(model, input_shape)
+    meta = table_meta(target, structure, model_name)
+    levels = level_grid(structure, cfg)
+    m = len(next(iter(levels.values()))) if levels else 1
+    colours = colour_groups(structure, m)
+    design = [{g: levels[g][(i + j * colours[g]) % m] for g in levels} for j in range(m) for i in range(m)]
+    partial = Partial(Path(out), _key(meta, levels, cfg))
+    with bar(f"profile {model_name}", len(design) + cfg.validate, cfg.progress) as advance:
+        for k, widths in enumerate(design):
+            if str(k) not in partial.samples:
+                partial.add(str(k), measure_config(model, target, input_shape, widths, cfg.runs))
+            advance(info=f"config {k + 1}/{len(design)}")
+        table = assemble(structure, levels, [partial.samples[str(k)] for k in range(len(design))], meta)
+        rng = np.random.default_rng(cfg.seed + 1)
+        configs = [random_widths(structure, cfg, rng) for _ in range(cfg.validate)]
+        pred, meas = [], []
+        for k, widths in enumerate(configs):
+            key = f"v{k}"
+            if key not in partial.samples:
+                partial.add(key, {"e2e_ms": measure_e2e(model, target, input_shape, widths, VALIDATION_TIMING)})
+            pred.append(table.predict(widths))
+            meas.append(partial.samples[key]["e2e_ms"])
+            advance(info=f"validation {k + 1}/{len(configs)}")
+    table.error = TableError.from_pairs(pred, meas, configs)
+    table.meta.update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), edgeprune_version=__version__,
+                      profile_seconds=round(time.time() - t0, 1), profile_config=asdict(cfg), design_configs=len(design))
+    table.save(out)
+    partial.remove()
+    return table
+
+
+def level_grid(structure: Structure, cfg: ProfileConfig) -> dict[str, list[int]]:
+    """``m`` distinct widths per group (multiples of round_to), from min_ratio*C to C."""
+    m = next_prime(max(cfg.levels, 2))
+    grid = {}
+    for g in structure.groups.values():
+        lo = min(g.channels, max(cfg.round_to, _round_up(g.channels * cfg.min_ratio, cfg.round_to)))
+        raw = np.linspace(lo, g.channels, m)
+        vals = [min(g.channels, _round_up(v, cfg.round_to)) for v in raw]
+        vals[-1] = g.channels
+        grid[g.name] = vals
+    return grid
+
+
+def colour_groups(structure: Structure, m: int) -> dict[str, int]:
+    """Greedy colouring so the in- and out-group of every layer get different colours mod m."""
+    neighbours: dict[str, set[str]] = {g: set() for g in structure.groups}
+    for layer in structure.layers.values():
+        if len(layer.axes) == 2:
+            a, b = layer.axes
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+    colours: dict[str, int] = {}
+    for g in sorted(neighbours, key=lambda g: -len(neighbours[g])):
+        used = {colours[n] for n in neighbours[g] if n in colours}
+        free = [c for c in range(m) if c not in used]
+        if not free:
+            raise RuntimeError(f"{m} levels cannot separate the groups around {g}; use more levels")
+        colours[g] = free[0]
+    return colours
+
+
+def measure_config(model, target: Target, input_shape, widths: dict[str, int], runs: int) -> dict:
+    """Per-layer profiler times and end-to-end latency of the model pruned to ``widths``."""
+    import onnx
+    pruned = prune_to_widths(model, input_shape, widths)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(pruned, input_shape, Path(tmp) / "m.onnx")
+        times = target.layer_times(path, runs=runs)
+        per_layer, overhead = attribute(onnx.load(str(path)), module_call_order(pruned, input_shape), times)
+        e2e = target.measure(path, CALIBRATION_TIMING).median_ms
+    return {"widths": widths, "layers": per_layer, "overhead_ms": overhead,
+            "node_sum_ms": sum(t.ms for t in times), "e2e_ms": e2e}
+
+
+def measure_e2e(model, target: Target, input_shape, widths, timing: TimingSpec) -> float:
+    pruned = prune_to_widths(model, input_shape, widths)
+    with tempfile.TemporaryDirectory() as tmp:
+        return target.measure(export_onnx(pruned, input_shape, Path(tmp) / "m.onnx"), timing).median_ms
+
+
+def attribute(onnx_model, call_order: list[str], times: list[NodeTime]) -> tuple[dict[str, float], float]:
+    """Split runtime node times among model layers.
+
+    A runtime node names an ONNX node or the tensor its fused node produces; its owner is the
+    nearest Conv/Gemm reached by walking data inputs backwards (a fused Conv+BN+ReLU, the
+    pool after a conv, a residual Add). Nodes the runtime inserted (layout reorders) go to the
+    layer executed just before them; anything before the first layer is fixed overhead.
+    """
+    owner_of = _owners(onnx_model, node_module_map(onnx_model, call_order))
+    per_layer: dict[str, float] = {}
+    overhead, last = 0.0, None
+    for t in times:
+        owner = owner_of.get(t.name) or last
+        if owner is None:
+            overhead += t.ms
+        else:
+            per_layer[owner] = per_layer.get(owner, 0.0) + t.ms
+            last = owner
+    return per_layer, overhead
+
+
+def _owners(onnx_model, node_to_module: dict[str, str]) -> dict[str, str]:
+    """Node name or output-tensor name -> owning module, for every ONNX node."""
+    producer = {o: n for n in onnx_model.graph.node for o in n.output}
+    cache: dict[str, str | None] = {}
+
+    def owner(node) -> str | None:
+        seen = []
+        while node is not None and node.name not in cache:
+            if node.name in node_to_module:
+                cache[node.name] = node_to_module[node.name]
+                break
+            seen.append(node.name)
+            node = producer.get(node.input[0]) if node.input else None
+        result = cache.get(node.name) if node is not None else None
+        for name in seen:
+            cache[name] = result
+        return result
+
+    out = {}
+    for n in onnx_model.graph.node:
+        o = owner(n)
+        if o:
+            out[n.name] = o
+            for t in n.output:
+                out[t] = o
+    return out
+
+
+def assemble(structure: Structure, levels: dict[str, list[int]], samples: list[dict], meta: dict) -> LatencyTable:
+    """Grid each layer's samples by its axes' levels, then calibrate the sum to end to end."""
+    entries = {}
+    for layer in structure.layers.values():
+        axes = layer.axes
+        grid_levels = [sorted(set(levels[a])) for a in axes]
+        cells: dict[tuple, list[float]] = {}
+        for s in samples:
+            idx = tuple(g.index(s["widths"][a]) for a, g in zip(axes, grid_levels))
+            cells.setdefault(idx, []).append(s["layers"].get(layer.name, 0.0))
+        shape = tuple(len(l) for l in grid_levels)
+        ms = np.full(shape, np.nan) if shape else np.array(np.nan)
+        for idx, vals in cells.items():
+            ms[idx] = statistics.median(vals)
+        entries[layer.name] = LayerEntry(axes, grid_levels, _fill(ms).round(5).tolist())
+    overhead = statistics.median(s["overhead_ms"] for s in samples)
+    table = LatencyTable(meta, structure.full_widths(), entries, round(overhead, 5))
+    raw = np.array([table.raw(s["widths"]) for s in samples])
+    e2e = np.array([s["e2e_ms"] for s in samples])
+    table.scale, table.offset_ms = calibrate(raw, e2e)
+    return table
+
+
+def calibrate(raw: np.ndarray, e2e: np.ndarray) -> tuple[float, float]:
+    """Least-squares e2e ≈ scale * raw + offset, in relative terms (small models count as much)."""
+    w = 1.0 / e2e
+    A = np.stack([raw * w, w], axis=1)
+    scale, offset = np.linalg.lstsq(A, e2e * w, rcond=None)[0]
+    if scale <= 0 or len(raw) < 3:
+        return float(np.median(e2e / raw)), 0.0
+    return round(float(scale), 6), round(float(offset), 6)
+
+
+def _fill(ms: np.ndarray) -> np.ndarray:
+    """Fill unmeasured cells from the nearest measured one (only when the design is partial)."""
+    if ms.ndim == 0 or not np.isnan(ms).any():
+        return np.nan_to_num(ms)
+    idx = np.argwhere(~np.isnan(ms))
+    out = ms.copy()
+    for cell in np.argwhere(np.isnan(ms)):
+        nearest = idx[np.abs(idx - cell).sum(axis=1).argmin()]
+        out[tuple(cell)] = ms[tuple(nearest)]
+    return out
+
+
+def random_widths(structure: Structure, cfg: ProfileConfig, rng: np.random.Generator) -> dict[str, int]:
+    """A random configuration on the round_to lattice, for measuring the table's error."""
+    out = {}
+    for g in structure.groups.values():
+        lo = min(g.channels, max(cfg.round_to, _round_up(g.channels * cfg.min_ratio, cfg.round_to)))
+        choices = sorted(set(range(lo, g.channels + 1, cfg.round_to)) | {g.channels})
+        out[g.name] = int(rng.choice(choices))
+    return out
+
+
+class Partial:
+    """Measurements of an unfinished profile, saved after every configuration."""
+
+    def __init__(self, out: Path, key: str):
+        self.path = out.with_name(out.stem + ".partial.json")
+        self.key = key
+        self.samples: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                d = json.loads(self.path.read_text())
+                if d.get("key") == key:
+                    self.samples = d["samples"]
+            except (ValueError, KeyError):
+                pass
+
+    def add(self, k: str, sample: dict) -> None:
+        self.samples[k] = sample
+        final, tmp = atomic_path(self.path)
+        tmp.write_text(json.dumps({"key": self.key, "samples": self.samples}))
+        os.replace(tmp, final)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def next_prime(n: int) -> int:
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)) or n < 2:
+        n += 1
+    return n
+
+
+def _round_up(x: float, step: int) -> int:
+    return int(step * np.ceil(x / step - 1e-9))
+
+
+def _key(meta: dict, levels: dict, cfg: ProfileConfig) -> str:
+    blob = json.dumps([meta, levels, cfg.runs, cfg.validate, cfg.seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

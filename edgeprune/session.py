@@ -1,0 +1,143 @@
+"""A Session resolves and validates everything a command needs (target, model, data, table)
+before any output is written, so bad input fails fast with one line and leaves nothing."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from .errors import UsageError
+from .groups import Structure, analyse
+from .lut import LatencyTable
+from .profile import ProfileConfig, build_table, table_meta
+from .search import SearchConfig
+from .spec import TargetSpec, load_spec
+from .targets import Target, get_target
+
+DEFAULT_INPUT_SIZE = 32
+
+
+@dataclass
+class SessionConfig:
+    model: str
+    target: str = "ort-cpu"
+    input_size: int | None = None
+    weights: str | None = None
+    data: str | None = None            # None: no data (measure/profile/search)
+    data_root: str | None = None
+    num_classes: int = 10              # used when there is no data
+    train_samples: int | None = None
+    val_samples: int | None = None
+    test_samples: int | None = None
+    baseline_epochs: int = 3           # trains a baseline when no weights and not pretrained
+    importance: str = "l1"
+    table: str | None = None
+    profiles_dir: str = "profiles"
+    allow_table_mismatch: bool = False
+    reprofile: bool = False
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    train_threads: int = 1            # 2 threads on a shared 2-core box is erratic (FACTS.md)
+    progress: bool = True
+
+
+class Session:
+    def __init__(self, cfg, spec, target, model, data, input_shape, structure):
+        self.cfg: SessionConfig = cfg
+        self.spec: TargetSpec = spec
+        self.target: Target = target
+        self.model: nn.Module = model
+        self.data = data
+        self.input_shape: tuple[int, ...] = input_shape
+        self.structure: Structure = structure
+        self.trained = cfg.weights is not None
+
+    @classmethod
+    def open(cls, cfg: SessionConfig) -> "Session":
+        from .models import build_model, check_input_size, input_channels, is_pretrained, load_weights
+        spec = load_spec(cfg.target)
+        target = get_target(spec)
+        size = cfg.input_size or spec.input_size or DEFAULT_INPUT_SIZE
+        cfg = replace(cfg, input_size=size)
+        data = _load_data(cfg) if cfg.data else None
+        num_classes = data.num_classes if data else cfg.num_classes
+        model = build_model(cfg.model, num_classes=num_classes)
+        if cfg.weights:
+            load_weights(model, cfg.weights)
+        channels = input_channels(model)
+        check_input_size(model, size, channels)
+        if data is not None and data.train.tensors[0].shape[1] != channels:
+            data = _match_channels(data, channels)
+        shape = (spec.batch, channels, size, size)
+        s = cls(cfg, spec, target, model.eval(), data, shape, analyse(model, shape))
+        s.trained = bool(cfg.weights) or is_pretrained(cfg.model) and num_classes == 1000
+        return s
+
+    def ensure_trained(self, checkpoint: Path) -> None:
+        """Train a baseline first when the model has no trained weights (resumable)."""
+        if self.trained or self.cfg.baseline_epochs <= 0 or self.data is None:
+            return
+        from .finetune import FinetuneConfig, train
+        from .models import save_weights
+        ft = FinetuneConfig(epochs=self.cfg.baseline_epochs, threads=self.cfg.train_threads,
+                            progress=self.cfg.progress, patience=self.cfg.baseline_epochs)
+        train(self.model, self.data, ft, checkpoint, key=f"baseline:{self.cfg.model}:{self.cfg.input_size}")
+        save_weights(self.model, checkpoint.with_name("baseline.pt"))
+        self.model.eval()
+        self.trained = True
+
+    @property
+    def table_path(self) -> Path:
+        if self.cfg.table:
+            return Path(self.cfg.table)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.cfg.model)
+        return Path(self.cfg.profiles_dir) / self.spec.name / f"{slug}-{self.cfg.input_size}px.json"
+
+    def table(self) -> LatencyTable:
+        """The stored table when it matches this target and model, else a freshly profiled one."""
+        expect = table_meta(self.target, self.structure, self.cfg.model)
+        path = self.table_path
+        if path.exists() and not self.cfg.reprofile:
+            return LatencyTable.load(path, expect, self.cfg.allow_table_mismatch)
+        if self.cfg.table and not path.exists() and self.cfg.allow_table_mismatch:
+            raise UsageError(f"latency table {path} does not exist")
+        return build_table(self.model, self.target, self.input_shape, path, self.cfg.model, self.cfg.profile)
+
+    def scores(self, model: nn.Module | None = None) -> dict[str, np.ndarray]:
+        from .importance import importances
+        return importances(model or self.model, self.input_shape, self.cfg.importance)
+
+    def widths(self, model: nn.Module) -> dict[str, int]:
+        from .prune import widths_of
+        return widths_of(model, self.input_shape)
+
+    def search_config(self, base: SearchConfig) -> SearchConfig:
+        """``base`` with --protect names (modules or groups) resolved to group names."""
+        if not base.protect:
+            return base
+        groups = self.structure.groups_of(base.protect) | (set(base.protect) & set(self.structure.groups))
+        unknown = [p for p in base.protect if not self.structure.groups_of([p]) and p not in self.structure.groups]
+        if unknown:
+            from .errors import suggest
+            names = list(self.structure.layers) + list(self.structure.groups)
+            raise UsageError(f"--protect {unknown[0]!r} matches no prunable layer{suggest(unknown[0], names)}")
+        return replace(base, protect=sorted(groups))
+
+
+def _load_data(cfg: SessionConfig):
+    from .data import DataConfig, load_data
+    return load_data(DataConfig(name=cfg.data, root=cfg.data_root, input_size=cfg.input_size,
+                                in_channels=3, train_samples=cfg.train_samples,
+                                val_samples=cfg.val_samples, test_samples=cfg.test_samples))
+
+
+def _match_channels(data, channels: int):
+    """Give the data the model's input channel count (grey -> RGB was done at load)."""
+    from torch.utils.data import TensorDataset
+    def fix(ds):
+        x, y = ds.tensors
+        x = x[:, :channels] if x.shape[1] > channels else x.repeat(1, channels // x.shape[1], 1, 1)
+        return TensorDataset(x, y)
+    return replace(data, train=fix(data.train), val=fix(data.val), test=fix(data.test))

@@ -1,0 +1,98 @@
+"""The interface every runtime implements: compile an ONNX model, run it, time it end to end
+and per layer. One module per runtime; the timing protocol lives in ``edgeprune.timing``."""
+from __future__ import annotations
+
+import os
+import platform
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..spec import TargetSpec, TimingSpec
+from ..timing import Latency, measure
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One runtime node's median time. ``name`` is an ONNX node name or the name of the ONNX
+    tensor the (possibly fused) node produces; the profiler maps it back to a module."""
+
+    name: str
+    op: str
+    ms: float
+
+
+class Compiled(ABC):
+    """A model loaded into a runtime, ready to run on a fixed input."""
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+    def run_once(self) -> None:
+        self.run(self.example)
+
+    example: np.ndarray
+
+
+class Target(ABC):
+    """One runtime on one device, configured by a TargetSpec."""
+
+    runtime: ClassVar[str]
+    package: ClassVar[str]
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, spec: TargetSpec):
+        self.spec = spec
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the runtime's package can be imported here (cheap, no import)."""
+        import importlib.util
+        return importlib.util.find_spec(cls.package) is not None
+
+    @abstractmethod
+    def runtime_version(self) -> str: ...
+
+    @abstractmethod
+    def compile(self, onnx_path: str | Path) -> Compiled: ...
+
+    @abstractmethod
+    def layer_times(self, onnx_path: str | Path, runs: int = 10) -> list[NodeTime]:
+        """Per-node medians over ``runs`` profiled runs, in execution order."""
+
+    def measure(self, onnx_path: str | Path, timing: TimingSpec | None = None) -> Latency:
+        """End-to-end latency of one inference under the shared timing protocol."""
+        compiled = self.compile(onnx_path)
+        return measure(compiled.run_once, timing or self.spec.timing)
+
+    def fingerprint(self) -> dict:
+        """What must match for a latency table measured elsewhere to be trusted here."""
+        return {"runtime": self.runtime, "runtime_version": self.runtime_version(),
+                "device": self.spec.device, "threads": self.spec.threads,
+                "precision": self.spec.precision, **host_fingerprint()}
+
+
+def host_fingerprint() -> dict:
+    """CPU model, ISA features that change kernels, and core count of this host."""
+    cpu, flags = platform.processor() or "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not cpu.strip():
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            if cpu and flags:
+                break
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "fma", "neon", "asimd"})
+    return {"host_cpu": cpu or platform.machine(), "host_isa": isa, "host_cores": os.cpu_count(),
+            "host_arch": platform.machine()}
+
+
+def example_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

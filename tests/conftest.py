@@ -1,0 +1,92 @@
+"""Shared fixtures: a fake target file, a tiny model, and fake-target latency tables.
+
+The fake runtime is deterministic and additive, so tables built on it are exact enough to test
+the table, the search and the CLI without timing noise; real ONNX Runtime is used only by the
+integration tests.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS_DIR = REPO / "targets"
+INPUT_SHAPE = (1, 3, 32, 32)
+FAKE_YAML = "name: fake\nruntime: fake\n"
+TINY_PROFILE = dict(levels=3, runs=2, validate=3, progress=False)
+
+
+def write_fake_target(directory: Path, name: str = "fake") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(FAKE_YAML.replace("name: fake", f"name: {name}"))
+    return path
+
+
+@pytest.fixture
+def fake_target_file(tmp_path) -> Path:
+    """Path of a fake-runtime target YAML in its own directory (usable as EDGEPRUNE_TARGETS)."""
+    return write_fake_target(tmp_path / "targets")
+
+
+@pytest.fixture(scope="session")
+def fake_target():
+    from edgeprune.spec import TargetSpec
+    from edgeprune.targets import get_target
+    return get_target(TargetSpec(name="fake", runtime="fake"))
+
+
+@pytest.fixture
+def tiny_model():
+    from edgeprune.models import build_model
+    torch.manual_seed(0)
+    return build_model("tiny_resnet", num_classes=10).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory, fake_target):
+    """Fake-target LatencyTable of tiny_resnet at 32 px (levels=3, runs=2, validate=3)."""
+    from edgeprune.models import build_model
+    from edgeprune.profile import ProfileConfig, build_table
+    torch.manual_seed(0)
+    model = build_model("tiny_resnet", num_classes=10).eval()
+    out = tmp_path_factory.mktemp("tables") / "tiny_resnet-32px.json"
+    return build_table(model, fake_target, INPUT_SHAPE, out, "tiny_resnet", ProfileConfig(**TINY_PROFILE))
+
+
+@pytest.fixture(scope="session")
+def resnet18_setup(tmp_path_factory, fake_target):
+    """(model, fake-target table, l1 scores) for torchvision resnet18 at 32 px."""
+    from edgeprune.importance import importances
+    from edgeprune.models import build_model
+    from edgeprune.profile import ProfileConfig, build_table
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10).eval()
+    out = tmp_path_factory.mktemp("tables") / "resnet18-32px.json"
+    table = build_table(model, fake_target, INPUT_SHAPE, out, "resnet18",
+                        ProfileConfig(levels=3, runs=1, validate=1, progress=False))
+    return model, table, importances(model, INPUT_SHAPE)
+
+
+def run_cli(args, cwd, env_targets: Path | None = None, extra_env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m edgeprune.cli ARGS`` in ``cwd``; EDGEPRUNE_TARGETS set only when asked."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPRUNE_TARGETS"}
+    if env_targets is not None:
+        env["EDGEPRUNE_TARGETS"] = str(env_targets)
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "edgeprune.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """The ``run_cli`` helper, as a fixture."""
+    return run_cli

@@ -1,0 +1,229 @@
+"""The command line, as a user runs it: real subprocesses, JSON output, and one-line errors
+(exit 2, no traceback, nothing written) for every kind of bad input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+
+import pytest
+
+from conftest import write_fake_target
+
+
+@pytest.fixture
+def work(tmp_path):
+    """An empty working directory for the command, and a targets dir holding fake.yaml."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    targets = tmp_path / "targets"
+    write_fake_target(targets)
+    return cwd, targets
+
+
+@pytest.fixture
+def fake_table_file(tiny_table, tmp_path):
+    path = tmp_path / "table.json"
+    shutil.copy(tiny_table.path, path)
+    return path
+
+
+def listing(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def assert_usage_error(result, *fragments):
+    """Exit 2, exactly one stderr line 'edgeprune: error: ...' holding ``fragments``, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgeprune: error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def test_targets_lists_ort_cpu_installed(cli, work):
+    cwd, _ = work
+    r = cli(["targets"], cwd)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("ort-cpu"))
+    assert "onnxruntime" in line and "installed" in line and "not installed" not in line
+
+
+def test_targets_json_includes_env_targets(cli, work):
+    cwd, targets = work
+    r = cli(["targets", "--json"], cwd, env_targets=targets)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["ort-cpu"]["installed"] is True
+    assert rows["ort-cpu"]["runtime"] == "onnxruntime"
+    assert rows["ort-cpu"]["budgets_ms"]["resnet18"] == 1.0
+    assert rows["fake"]["runtime"] == "fake" and rows["fake"]["path"] == str(targets / "fake.yaml")
+
+
+def test_measure_model_json(cli, work):
+    cwd, _ = work
+    r = cli(["measure", "tiny_resnet", "--target", "ort-cpu", "--input-size", "32", "--json"], cwd)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1
+    d = json.loads(lines[0])
+    assert d["target"] == "ort-cpu"
+    assert d["runs"] > 0
+    assert 0 < d["median_ms"] <= d["p90_ms"]
+    assert listing(cwd) == []  # measuring writes nothing
+
+
+def test_measure_onnx_file(cli, work, tiny_model):
+    from conftest import INPUT_SHAPE
+    from edgeprune.onnxio import export_onnx
+    cwd, _ = work
+    path = export_onnx(tiny_model, INPUT_SHAPE, cwd / "m.onnx")
+    r = cli(["measure", "m.onnx", "--json"], cwd)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["runs"] > 0 and d["median_ms"] > 0
+    assert listing(cwd) == ["m.onnx"] and path.exists()
+
+
+def test_search_profiles_then_fits_budget(cli, work, tiny_table):
+    cwd, _ = work
+    fake_yaml = work[1] / "fake.yaml"
+    budget = round(0.8 * tiny_table.predict({}), 4)
+    r = cli(["search", "tiny_resnet", "--target", fake_yaml, "--budget-ms", budget, "--json",
+             "--profiles-dir", "profs"], cwd)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["predicted_ms"] <= budget
+    assert d["budget_ms"] == budget
+    assert set(d["widths"]) == set(tiny_table.groups)
+    assert all(w <= tiny_table.groups[g] for g, w in d["widths"].items())
+    assert min(w / tiny_table.groups[g] for g, w in d["widths"].items()) < 1
+    assert listing(cwd) == ["profs", "profs/fake", "profs/fake/tiny_resnet-32px.json"]
+
+
+def test_search_with_table_and_text_output(cli, work, fake_table_file):
+    cwd, targets = work
+    r = cli(["search", "tiny_resnet", "--target", "fake", "--budget-ms", "0.3", "--table", fake_table_file], cwd,
+            env_targets=targets)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("predicted ")
+    assert "budget 0.300" in r.stdout
+    assert listing(cwd) == []
+
+
+def test_no_command_exits_2(cli, work):
+    r = cli([], work[0])
+    assert r.returncode == 2
+    assert "usage" in (r.stdout + r.stderr).lower()
+    assert "Traceback" not in r.stderr
+
+
+# --- bad input: exit 2, one line, nothing created ------------------------------------------------
+
+PRUNE = ["prune", "--out", "out", "--epochs", "0", "--baseline-epochs", "0", "--profiles-dir", "profs"]
+
+
+def prune_args(model, *extra):
+    return [PRUNE[0], model, *PRUNE[1:], *extra]
+
+
+@pytest.fixture
+def bad_targets(work):
+    _, targets = work
+    (targets / "broken.yaml").write_text("name: broken\nruntime: [fake\n")
+    (targets / "typo.yaml").write_text("name: typo\nruntime: fake\nthread: 1\n")
+    return targets
+
+
+@pytest.fixture
+def fixed_size_factory(tmp_path):
+    """A `pkg.module:factory` model whose Linear only fits a 32 px input."""
+    d = tmp_path / "pymods"
+    d.mkdir()
+    (d / "fixedsize.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def net(num_classes=10):
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(8 * 32 * 32, num_classes))
+    """))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(d), os.environ.get("PYTHONPATH")]))}
+
+
+BAD_INPUT = {
+    "unknown model": (prune_args("tiny_resnt", "--budget-ms", "1"), ["unknown model 'tiny_resnt'",
+                                                                     "did you mean 'tiny_resnet'"]),
+    "unknown target": (prune_args("tiny_resnet", "--target", "ort-cpi", "--budget-ms", "1"),
+                       ["unknown target 'ort-cpi'", "did you mean 'ort-cpu'"]),
+    "malformed yaml": (prune_args("tiny_resnet", "--target", "broken", "--budget-ms", "1"),
+                       ["broken.yaml", "not valid YAML"]),
+    "unknown key": (prune_args("tiny_resnet", "--target", "typo", "--budget-ms", "1"),
+                    ["typo.yaml", "unknown key 'thread'", "did you mean 'threads'"]),
+    "zero budget": (prune_args("tiny_resnet", "--budget-ms", "0"), ["positive", "0.0"]),
+    "negative budget": (prune_args("tiny_resnet", "--budget-ms", "-2"), ["positive", "-2.0"]),
+    "input too small": (prune_args("fixedsize:net", "--input-size", "16", "--budget-ms", "1"),
+                        ["cannot take input size 16"]),
+    "missing dataset": (prune_args("tiny_resnet", "--data", "fashion-mnist", "--data-root", "/nonexistent",
+                                   "--budget-ms", "1"), ["/nonexistent", "apt-get install"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_leaves_nothing(cli, work, bad_targets, fixed_size_factory, case):
+    cwd, targets = work
+    args, fragments = BAD_INPUT[case]
+    r = cli(args, cwd, env_targets=targets, extra_env=fixed_size_factory)
+    assert_usage_error(r, *fragments)
+    assert listing(cwd) == []  # no --out dir, no profiles dir
+
+
+def test_infeasible_budget_states_the_minimum(cli, work, fake_table_file, tiny_table):
+    from edgeprune.search import SearchConfig, bounds
+    cwd, targets = work
+    floor_ms = tiny_table.predict(bounds(tiny_table, SearchConfig())[0])
+    r = cli(prune_args("tiny_resnet", "--target", "fake", "--budget-ms", "0.01", "--table", fake_table_file),
+            cwd, env_targets=targets)
+    assert_usage_error(r, "infeasible", f"{floor_ms:.3f} ms")
+    assert listing(cwd) == []
+
+
+@pytest.mark.parametrize("content", [b"this is not protobuf", b""])
+def test_corrupt_onnx_file(cli, work, content):
+    cwd, _ = work
+    (cwd / "bad.onnx").write_bytes(content)
+    r = cli(["measure", "bad.onnx", "--json"], cwd)
+    assert_usage_error(r, "bad.onnx", "not a valid ONNX model")
+    assert r.stdout == ""
+    assert listing(cwd) == ["bad.onnx"]
+
+
+def test_corrupt_table_file(cli, work):
+    cwd, targets = work
+    (cwd / "t.json").write_text("[]")
+    r = cli(["search", "tiny_resnet", "--target", "fake", "--budget-ms", "1", "--table", "t.json"], cwd,
+            env_targets=targets)
+    assert_usage_error(r, "t.json", "not a readable latency table")
+    assert listing(cwd) == ["t.json"]
+
+
+def test_missing_backend_names_the_install_command(monkeypatch, capsys, tmp_path):
+    from edgeprune.cli import main
+    from edgeprune.targets.ort import OrtTarget
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGEPRUNE_TARGETS", raising=False)
+    monkeypatch.setattr(OrtTarget, "installed", classmethod(lambda cls: False))
+    assert main(["measure", "tiny_resnet", "--json"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeprune: error: ")
+    assert "onnxruntime is not installed" in lines[0]
+    assert "pip install onnxruntime" in lines[0]
+    assert captured.out == ""
+    assert main(["targets"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ort-cpu"))
+    assert "not installed" in line
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,95 @@
+"""The closed loop (search -> prune -> measure -> tighten) with a scripted fake target."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import INPUT_SHAPE
+from edgeprune.errors import BudgetNotMet, InfeasibleBudget
+from edgeprune.importance import importances
+from edgeprune.loop import LoopConfig, bounded, fit_budget, gradual_budgets
+from edgeprune.prune import widths_of
+from edgeprune.search import SearchConfig, bounds
+from edgeprune.spec import TargetSpec
+from edgeprune.targets.fake import FakeTarget
+from edgeprune.timing import Latency
+
+
+class NoisyFake(FakeTarget):
+    """The fake runtime, except that the first measurements return scripted (noisy) values."""
+
+    def __init__(self, spikes: list[float]):
+        super().__init__(TargetSpec(name="noisy", runtime="fake"))
+        self.spikes = list(spikes)
+        self.calls = 0
+
+    def measure(self, onnx_path, timing=None):
+        self.calls += 1
+        if self.spikes:
+            return Latency.from_samples([self.spikes.pop(0)] * 5)
+        return super().measure(onnx_path, timing)
+
+
+@pytest.fixture
+def scores(tiny_model):
+    return importances(tiny_model, INPUT_SHAPE)
+
+
+def test_fits_in_one_round_when_the_table_is_right(tiny_model, tiny_table, scores):
+    target = NoisyFake([])
+    budget = 0.8 * tiny_table.predict({})
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig())
+    assert r.latency.median_ms <= budget
+    assert len(r.rounds) == 1 and target.calls == 1
+    assert widths_of(r.model, INPUT_SHAPE) == r.widths
+    assert r.rounds[0].predicted_ms == pytest.approx(r.search.predicted_ms)
+
+
+def test_tightens_after_a_measured_miss(tiny_model, tiny_table, scores):
+    budget = 0.8 * tiny_table.predict({})
+    target = NoisyFake([1.2 * budget])
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig())
+    assert len(r.rounds) == 2
+    assert r.rounds[1].search_budget_ms < r.rounds[0].search_budget_ms
+    assert r.latency.median_ms <= budget
+
+
+def test_tries_the_smallest_model_before_giving_up(tiny_model, tiny_table, scores):
+    # one noisy over-budget measurement near the floor: the tightened search budget falls below
+    # the smallest allowed model, but that model is itself predicted well inside the budget, so
+    # the loop must measure it rather than stop with BudgetNotMet after a single round
+    floor_ms = tiny_table.predict(bounds(tiny_table, SearchConfig())[0])
+    budget = 1.15 * floor_ms
+    target = NoisyFake([1.3 * budget])
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig(),
+                   LoopConfig(max_rounds=4))
+    assert r.latency.median_ms <= budget
+    assert len(r.rounds) == 2
+
+
+def test_gives_up_when_even_the_smallest_model_measures_over(tiny_model, tiny_table, scores):
+    floor_ms = tiny_table.predict(bounds(tiny_table, SearchConfig())[0])
+    budget = 1.15 * floor_ms
+    target = NoisyFake([5 * budget] * 10)
+    with pytest.raises(BudgetNotMet):
+        fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig(),
+                   LoopConfig(max_rounds=4))
+
+
+def test_infeasible_from_the_start_reports_the_real_budget(tiny_model, tiny_table, scores):
+    with pytest.raises(InfeasibleBudget) as info:
+        fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, NoisyFake([]), 0.01, SearchConfig())
+    assert info.value.budget_ms == 0.01  # not the margin-reduced search budget
+
+
+def test_gradual_budgets():
+    assert gradual_budgets(1.0, 0.5, 1) == [0.5]
+    assert gradual_budgets(1.0, 2.0, 3) == [2.0]
+    steps = gradual_budgets(1.0, 0.125, 3)
+    assert steps == pytest.approx([0.5, 0.25, 0.125])
+    assert steps[-1] == 0.125
+
+
+def test_bounded_never_regrows():
+    cfg = bounded(SearchConfig(min_ratio=0.5, protect=["a"]), {"a": 8, "b": 16})
+    assert cfg.max_widths == {"a": 8, "b": 16}
+    assert cfg.min_ratio == 0.5 and cfg.protect == ["a"]

@@ -1,0 +1,73 @@
+"""End to end on real ONNX Runtime and real data: `edgeprune prune` meets a measured budget."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    """Measure tiny_resnet, then prune it through the CLI to 0.7x that latency."""
+    from edgeprune.api import measure
+    base = tmp_path_factory.mktemp("pipeline")
+    unpruned_ms = sorted(measure("tiny_resnet", "ort-cpu", 32).median_ms for _ in range(3))[1]
+    budget = round(0.7 * unpruned_ms, 5)
+    out = base / "run"
+    r = run_cli(["prune", "tiny_resnet", "--data", "digits", "--input-size", "32", "--budget-ms", budget,
+                 "--epochs", "2", "--baseline-epochs", "4", "--out", out,
+                 "--profiles-dir", base / "profiles"], cwd=base, timeout=600)
+    return {"result": r, "out": out, "budget": budget, "unpruned_ms": unpruned_ms, "base": base}
+
+
+def test_prune_meets_a_measured_budget(pruned_run):
+    r, out, budget = pruned_run["result"], pruned_run["out"], pruned_run["budget"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").exists()
+    assert report["budget_ms"] == pytest.approx(budget)
+    assert report["within_budget"] is True
+    assert report["measured_ms"] <= report["budget_ms"]
+    assert report["measured_runs"] > 0
+    assert report["predicted_ms"] <= budget
+    assert report["params_after"] < report["params_before"]
+    assert report["macs_after"] < report["macs_before"]
+    assert report["size_bytes_after"] < report["size_bytes_before"]
+    assert report["speedup"] > 1
+    for key in ("accuracy_before", "accuracy_after"):
+        assert isinstance(report[key], float) and 0 <= report[key] <= 1 and not math.isnan(report[key])
+    assert report["layers"] and all(0 < l["kept"] <= l["channels"] for l in report["layers"])
+    assert report["rounds"] and report["rounds"][-1]["measured_ms"] > 0
+    assert any(l["kept"] < l["channels"] for l in report["layers"])
+    assert report["table"]["path"].startswith(str(pruned_run["base"] / "profiles"))
+    assert report["finetune"]["history"]
+    # training checkpoints are cleaned up; the deliverables stay
+    assert not list(out.glob("finetune*.ckpt"))
+    assert (out / "model.pt").exists()
+
+
+def test_artifact_metadata(pruned_run):
+    from edgeprune.export import read_metadata
+    report = json.loads((pruned_run["out"] / "report.json").read_text())
+    model = pruned_run["out"] / "model.onnx"
+    assert model.exists()
+    meta = read_metadata(model)
+    assert meta["target"] == "ort-cpu"
+    assert float(meta["budget_ms"]) == pytest.approx(pruned_run["budget"])
+    assert json.loads(meta["widths"]) == report["widths"]
+    assert meta["latency_table"] == report["table"]["hash"]
+
+
+def test_artifact_remeasures_within_noise(pruned_run):
+    report = json.loads((pruned_run["out"] / "report.json").read_text())
+    r = run_cli(["measure", pruned_run["out"] / "model.onnx", "--json"], cwd=pruned_run["base"])
+    assert r.returncode == 0, r.stderr
+    median = json.loads(r.stdout)["median_ms"]
+    assert median == pytest.approx(report["measured_ms"], rel=0.15)
+    assert median < pruned_run["unpruned_ms"]

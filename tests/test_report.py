@@ -1,0 +1,102 @@
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from edgeprune.report import fmt_ms, print_summary, render_markdown, write_report
+
+MINIMAL = {"model": "resnet18", "target": "ort-cpu", "budget_ms": 25.0}
+
+FULL = {
+    "model": "resnet18", "target": "ort-cpu", "input_size": [1, 3, 64, 64], "data": "fashion-mnist",
+    "budget_ms": 25.0, "baseline_ms": 99.53, "predicted_ms": 24.1, "measured_ms": 24.87,
+    "measured_p90_ms": 26.2, "speedup": 4.002, "within_budget": True,
+    "accuracy_before": 0.884, "accuracy_after": 0.874,
+    "metrics_before": {"accuracy": 0.884, "precision": 0.88, "recall": 0.879, "f1": 0.8802},
+    "metrics_after": {"accuracy": 0.874, "precision": 0.87, "recall": 0.869, "f1": 0.8702},
+    "params_before": 11_181_642, "params_after": 2_800_000,
+    "macs_before": 148_700_000, "macs_after": 39_800_000,
+    "size_bytes_before": 44_700_000, "size_bytes_after": 11_200_000,
+    "layers": [
+        {"group": "g0", "modules": ["conv1", "bn1", "layer1.0.conv2", "layer1.1.conv2", "x"],
+         "channels": 64, "kept": 32, "ratio": 0.5, "protected": False},
+        {"group": "g7", "modules": ["fc"], "channels": 512, "kept": 512, "ratio": 1.0,
+         "protected": True},
+    ],
+    "table": {"path": "profiles/ort-cpu/resnet18.json", "hash": "deadbeef",
+              "error": {"n": 20, "within_10pct": 0.9, "rmspe": 0.052}},
+    "rounds": [{"round": 1, "search_budget_ms": 25.0, "predicted_ms": 24.9, "measured_ms": 27.1},
+               {"round": 2, "search_budget_ms": 23.1, "predicted_ms": 23.0, "measured_ms": 24.87}],
+    "stage_seconds": {"profile": 120.5, "search": 0.8, "finetune": 300.0},
+    "finetune": {"history": [
+        {"epoch": 1, "train_loss": 0.71, "val": {"accuracy": 0.86, "f1": 0.85}, "rolled_back": False},
+        {"epoch": 2, "train_loss": 0.52, "val": {"accuracy": 0.874}},
+    ], "rolled_back": False},
+    "artifact": {"path": "out/model.onnx", "kind": "onnx", "max_abs_diff": 2.3e-6},
+    "versions": {"torch": "2.14.1", "onnxruntime": "1.31.1"},
+}
+
+
+def test_full_report_renders_every_section():
+    md = render_markdown(FULL)
+    assert md.startswith("# edgeprune report: resnet18 on ort-cpu")
+    for heading in ("Summary", "Model", "Per-layer widths", "Closed-loop rounds",
+                    "Latency table prediction error", "Time per stage", "Fine-tune history",
+                    "Artifact", "Versions"):
+        assert f"## {heading}" in md
+    assert "| budget | 25.0 ms |" in md
+    assert "| measured (p90) | 26.2 ms |" in md
+    assert "| speedup | 4.00× |" in md
+    assert "| within budget | ✓ |" in md
+    assert "| accuracy | 88.4% | 87.4% |" in md
+    assert "| F1 | 88.0% | 87.0% |" in md
+    assert "| params | 11.18M | 2.80M |" in md
+    assert "| MACs (M) | 148.7 | 39.8 |" in md
+    assert "| file size (MB) | 44.70 | 11.20 |" in md
+    assert "| g0 | `conv1`, `bn1`, `layer1.0.conv2`, `layer1.1.conv2` … (+1) | 64 | 32 | 0.50 |  |" in md
+    assert "| g7 | `fc` | 512 | 512 | 1.00 | yes |" in md
+    assert "| 2 | 23.1 ms | 23.0 ms | 24.9 ms |" in md
+    assert "| RMSPE | 5.2% |" in md
+    assert "| **total** | **421.3** |" in md
+    assert "| 1 | 0.71 | 86.0% | 85.0% | ✗ |" in md
+
+
+def test_minimal_report_shows_dashes_and_skips_empty_sections():
+    md = render_markdown(MINIMAL)
+    assert "| budget | 25.0 ms |" in md
+    assert "| measured (median) | — |" in md
+    assert "| within budget | — |" in md
+    assert "## Per-layer widths" not in md and "## Model" not in md
+
+
+def test_ms_formatting_keeps_three_significant_digits():
+    assert fmt_ms(123.456) == "123 ms"
+    assert fmt_ms(12.345) == "12.3 ms"
+    assert fmt_ms(1.2345) == "1.23 ms"
+    assert fmt_ms(0.27712) == "0.277 ms"
+    assert fmt_ms(0.0123) == "0.0123 ms"
+    assert fmt_ms(None) == "—" and fmt_ms(float("nan")) == "—"
+
+
+def test_write_report_round_trips_and_leaves_no_temp_files(tmp_path):
+    report = {**FULL, "artifact": {**FULL["artifact"], "path": Path("out/model.onnx")}}
+    out = tmp_path / "run"
+    json_path, md_path = write_report(report, out)
+    assert (json_path, md_path) == (out / "report.json", out / "report.md")
+    assert json.loads(json_path.read_text()) == {**FULL}
+    assert md_path.read_text() == render_markdown(report)
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    write_report(MINIMAL, out)  # overwriting works and still leaves nothing else behind
+    assert json.loads(json_path.read_text()) == MINIMAL
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+
+
+def test_print_summary_shows_the_headline_numbers():
+    buf = io.StringIO()
+    print_summary(FULL, console=Console(file=buf, width=100, color_system=None))
+    text = buf.getvalue()
+    for piece in ("resnet18 on ort-cpu", "25.0 ms", "24.9 ms ✓", "4.00×", "88.4%", "87.4%",
+                  "11.18M", "2.80M"):
+        assert piece in text
+    print_summary(MINIMAL, console=Console(file=io.StringIO()))

@@ -1,0 +1,131 @@
+"""The shared timing protocol: summary statistics and the run-count/time stopping rules."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeprune.spec import TimingSpec
+from edgeprune.timing import Latency, measure, quantile
+
+
+class Counter:
+    def __init__(self, sleep_s: float = 0.0):
+        self.calls = 0
+        self.sleep_s = sleep_s
+
+    def __call__(self):
+        self.calls += 1
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+
+
+def test_from_samples_on_known_list():
+    lat = Latency.from_samples([10, 1, 9, 2, 8, 3, 7, 4, 6, 5])
+    assert lat.median_ms == 5.5
+    assert lat.p90_ms == pytest.approx(9.1)
+    assert lat.p99_ms == pytest.approx(9.91)
+    assert lat.mean_ms == 5.5
+    assert lat.min_ms == 1
+    assert lat.iqr_ms == pytest.approx(7.75 - 3.25)
+    assert lat.runs == 10
+    assert lat.samples_ms == (10, 1, 9, 2, 8, 3, 7, 4, 6, 5)  # kept in measurement order
+    assert lat.spread == pytest.approx(4.5 / 5.5)
+
+
+def test_from_samples_odd_count_and_single():
+    assert Latency.from_samples([3, 1, 2]).median_ms == 2
+    one = Latency.from_samples([4.0])
+    assert (one.median_ms, one.p90_ms, one.p99_ms, one.min_ms, one.iqr_ms, one.runs) == (4, 4, 4, 4, 0, 1)
+
+
+def test_from_samples_rejects_empty():
+    with pytest.raises(ValueError):
+        Latency.from_samples([])
+
+
+@pytest.mark.parametrize("q, expected", [(0.0, 1), (0.5, 3), (1.0, 5), (0.25, 2), (0.9, 4.6)])
+def test_quantile_linear_interpolation(q, expected):
+    assert quantile([1, 2, 3, 4, 5], q) == pytest.approx(expected)
+
+
+def test_to_dict_drops_samples_unless_asked():
+    lat = Latency.from_samples([1.0, 2.0, 3.0])
+    assert "samples_ms" not in lat.to_dict()
+    assert lat.to_dict(samples=True)["samples_ms"] == (1.0, 2.0, 3.0)
+    assert lat.to_dict()["spread"] == round(lat.spread, 4)
+
+
+def test_measure_stops_at_min_runs_when_time_is_met():
+    f = Counter()
+    lat = measure(f, TimingSpec(warmup_s=0, min_runs=5, max_runs=50, min_time_s=0, max_time_s=10, windows=1))
+    assert lat.runs == 5
+    assert f.calls == 6  # one warm-up call, then the timed runs
+    assert all(s >= 0 for s in lat.samples_ms)
+
+
+def test_measure_caps_at_max_runs():
+    f = Counter()
+    lat = measure(f, TimingSpec(warmup_s=0, min_runs=3, max_runs=7, min_time_s=60, max_time_s=60, windows=1))
+    assert lat.runs == 7
+    assert f.calls == 8
+
+
+def test_measure_reports_the_least_disturbed_window():
+    # the second of three windows is slowed down (as a neighbour on a shared box would):
+    # the result is the fastest window's, and every window's median is kept
+    calls = {"n": 0}
+
+    def run():
+        calls["n"] += 1
+        if 1 + 5 < calls["n"] <= 1 + 10:  # warm-up call, window 1, then window 2 is slow
+            time.sleep(0.004)
+
+    lat = measure(run, TimingSpec(warmup_s=0, min_runs=5, max_runs=5, min_time_s=0, windows=3))
+    assert calls["n"] == 1 + 3 * 5
+    assert len(lat.window_medians_ms) == 3
+    assert lat.window_medians_ms[1] > 3.0 > max(lat.window_medians_ms[0], lat.window_medians_ms[2])
+    assert lat.median_ms == min(lat.window_medians_ms)
+    assert lat.runs == 5
+
+
+def test_measure_runs_until_min_time():
+    f = Counter(sleep_s=0.002)
+    t0 = time.perf_counter()
+    lat = measure(f, TimingSpec(warmup_s=0, min_runs=3, max_runs=10_000, min_time_s=0.05, max_time_s=10))
+    assert time.perf_counter() - t0 >= 0.05
+    assert 3 < lat.runs < 10_000
+    assert sum(lat.samples_ms) >= 0.05 * 1e3 * 0.9
+
+
+def test_measure_caps_at_max_time():
+    f = Counter(sleep_s=0.005)
+    lat = measure(f, TimingSpec(warmup_s=0, min_runs=1000, max_runs=10_000, min_time_s=60, max_time_s=0.03))
+    assert 1 <= lat.runs < 1000
+    assert lat.median_ms >= 4.0  # each sample is one 5 ms call
+
+
+def test_measure_warms_up_by_time():
+    f = Counter(sleep_s=0.002)
+    lat = measure(f, TimingSpec(warmup_s=0.03, min_runs=3, max_runs=3, min_time_s=0, max_time_s=10))
+    assert lat.runs == 3
+    assert f.calls - lat.runs >= 5  # ~15 warm-up calls of 2 ms fit in 30 ms; allow a slow box
+
+
+def busy(us: float):
+    """A callable that spins for ``us`` microseconds, like a small model on a fast runtime."""
+    def run():
+        end = time.perf_counter() + us * 1e-6
+        while time.perf_counter() < end:
+            pass
+    return run
+
+
+def test_default_protocol_samples_for_min_time_on_a_fast_model():
+    # a sub-millisecond model must still be sampled for min_time_s: a 300-run window of a
+    # 0.06 ms model lasts ~20 ms, and one burst of contention on a shared box then decides
+    # the median (observed here: 1.6x outliers in 2 of 12 windows; with 1 s windows, 1.5% spread)
+    spec = TimingSpec()
+    lat = measure(busy(60), spec)
+    window_s = sum(lat.samples_ms) / 1e3
+    assert window_s >= 0.9 * spec.min_time_s, (lat.runs, window_s)
