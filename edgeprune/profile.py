@@ -30,8 +30,7 @@ from .prune import prune_to_widths
 from .spec import TimingSpec
 from .targets.base import NodeTime, Target
 
-CALIBRATION_TIMING = TimingSpec(warmup_s=0.1, min_runs=15, min_time_s=0.15, max_time_s=5, windows=2)
-VALIDATION_TIMING = TimingSpec(warmup_s=0.2, min_runs=30, min_time_s=0.3, max_time_s=8, windows=3)
+E2E_TIMING = TimingSpec(warmup_s=0.2, min_runs=10, min_time_s=0.1, max_time_s=5, windows=5)
 
 
 @dataclass
@@ -63,29 +62,53 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     m = len(next(iter(levels.values()))) if levels else 1
     colours = colour_groups(structure, m)
     design = [{g: levels[g][(i + j * colours[g]) % m] for g in levels} for j in range(m) for i in range(m)]
+    rng = np.random.default_rng(cfg.seed + 1)
+    checks = [random_widths(structure, cfg, rng) for _ in range(cfg.validate)]
     partial = Partial(Path(out), _key(meta, levels, cfg))
-    with bar(f"profile {model_name}", len(design) + cfg.validate, cfg.progress) as advance:
+    with tempfile.TemporaryDirectory() as work, bar(f"profile {model_name}", len(design) + 2, cfg.progress) as advance:
+        files = Exporter(model, input_shape, Path(work))
         for k, widths in enumerate(design):
             if str(k) not in partial.samples:
-                partial.add(str(k), measure_config(model, target, input_shape, widths, cfg.runs))
+                partial.add(str(k), profile_config(files, target, widths, cfg.runs))
             advance(info=f"config {k + 1}/{len(design)}")
-        table = assemble(structure, levels, [partial.samples[str(k)] for k in range(len(design))], meta)
-        rng = np.random.default_rng(cfg.seed + 1)
-        configs = [random_widths(structure, cfg, rng) for _ in range(cfg.validate)]
-        pred, meas = [], []
-        for k, widths in enumerate(configs):
-            key = f"v{k}"
-            if key not in partial.samples:
-                partial.add(key, {"e2e_ms": measure_e2e(model, target, input_shape, widths, VALIDATION_TIMING)})
-            pred.append(table.predict(widths))
-            meas.append(partial.samples[key]["e2e_ms"])
-            advance(info=f"validation {k + 1}/{len(configs)}")
-    table.error = TableError.from_pairs(pred, meas, configs)
+        samples = [partial.samples[str(k)] for k in range(len(design))]
+        if "e2e" not in partial.samples:
+            partial.add("e2e", {"ms": files.measure(target, design)})
+        for sample, ms in zip(samples, partial.samples["e2e"]["ms"]):
+            sample["e2e_ms"] = ms
+        advance(info="end-to-end calibration")
+        table = assemble(structure, levels, samples, meta)
+        if "checks" not in partial.samples:
+            partial.add("checks", {"ms": files.measure(target, checks)})
+        advance(info="validation")
+    table.error = TableError.from_pairs([table.predict(w) for w in checks], partial.samples["checks"]["ms"], checks)
     table.meta.update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), edgeprune_version=__version__,
                       profile_seconds=round(time.time() - t0, 1), profile_config=asdict(cfg), design_configs=len(design))
     table.save(out)
     partial.remove()
     return table
+
+
+class Exporter:
+    """Pruned-model ONNX files by configuration, exported once and kept for the run."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], work: Path):
+        self.model, self.input_shape, self.work = model, input_shape, work
+        self.files: dict[str, tuple[Path, list[str]]] = {}
+
+    def onnx(self, widths: dict[str, int]) -> tuple[Path, list[str]]:
+        """(ONNX path, Conv/Linear call order) of the model pruned to ``widths``."""
+        key = hashlib.sha1(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:12]
+        if key not in self.files:
+            pruned = prune_to_widths(self.model, self.input_shape, widths)
+            path = export_onnx(pruned, self.input_shape, self.work / f"{key}.onnx")
+            self.files[key] = path, module_call_order(pruned, self.input_shape)
+        return self.files[key]
+
+    def measure(self, target: Target, configs: list[dict[str, int]]) -> list[float]:
+        """End-to-end medians of all ``configs``, measured interleaved."""
+        paths = [self.onnx(w)[0] for w in configs]
+        return [lat.median_ms for lat in target.measure_many(paths, E2E_TIMING)]
 
 
 def level_grid(structure: Structure, cfg: ProfileConfig) -> dict[str, list[int]]:
@@ -119,23 +142,14 @@ def colour_groups(structure: Structure, m: int) -> dict[str, int]:
     return colours
 
 
-def measure_config(model, target: Target, input_shape, widths: dict[str, int], runs: int) -> dict:
-    """Per-layer profiler times and end-to-end latency of the model pruned to ``widths``."""
+def profile_config(files: Exporter, target: Target, widths: dict[str, int], runs: int) -> dict:
+    """Per-layer profiler times of the model pruned to ``widths``."""
     import onnx
-    pruned = prune_to_widths(model, input_shape, widths)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(pruned, input_shape, Path(tmp) / "m.onnx")
-        times = target.layer_times(path, runs=runs)
-        per_layer, overhead = attribute(onnx.load(str(path)), module_call_order(pruned, input_shape), times)
-        e2e = target.measure(path, CALIBRATION_TIMING).median_ms
+    path, call_order = files.onnx(widths)
+    times = target.layer_times(path, runs=runs)
+    per_layer, overhead = attribute(onnx.load(str(path)), call_order, times)
     return {"widths": widths, "layers": per_layer, "overhead_ms": overhead,
-            "node_sum_ms": sum(t.ms for t in times), "e2e_ms": e2e}
-
-
-def measure_e2e(model, target: Target, input_shape, widths, timing: TimingSpec) -> float:
-    pruned = prune_to_widths(model, input_shape, widths)
-    with tempfile.TemporaryDirectory() as tmp:
-        return target.measure(export_onnx(pruned, input_shape, Path(tmp) / "m.onnx"), timing).median_ms
+            "node_sum_ms": sum(t.ms for t in times)}
 
 
 def attribute(onnx_model, call_order: list[str], times: list[NodeTime]) -> tuple[dict[str, float], float]:

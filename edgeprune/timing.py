@@ -4,8 +4,10 @@ Written once so a number from ort-cpu and one from a remote board mean the same 
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -68,15 +70,49 @@ def measure(run_once: Callable[[], object], spec: TimingSpec | None = None) -> L
     only ever adds time, so the least-disturbed window is the best estimate of the model's own
     latency; every window's median is kept in ``window_medians_ms`` to show the disturbance.
     """
+    return measure_interleaved([run_once], spec)[0]
+
+
+def measure_interleaved(runs: list[Callable[[], object]], spec: TimingSpec | None = None) -> list[Latency]:
+    """``measure`` for several callables at once, their windows taken in turn."""
     spec = spec or TimingSpec()
-    end = time.perf_counter() + spec.warmup_s
-    run_once()
-    while time.perf_counter() < end:
+    for run_once in runs:
+        end = time.perf_counter() + spec.warmup_s
         run_once()
-    windows = [_window(run_once, spec) for _ in range(spec.windows)]
+        while time.perf_counter() < end:
+            run_once()
+    windows: list[list[list[float]]] = [[] for _ in runs]
+    for _ in range(spec.windows):
+        for i, run_once in enumerate(runs):
+            windows[i].append(_window(run_once, spec))
+    return [_summary(w) for w in windows]
+
+
+def _summary(windows: list[list[float]]) -> Latency:
     medians = [statistics.median(w) for w in windows]
     best = windows[medians.index(min(medians))]
     return replace(Latency.from_samples(best), window_medians_ms=tuple(medians))
+
+
+@contextmanager
+def pinned(threads: int):
+    """Restrict this process to ``threads`` CPUs while measuring (Linux), then restore."""
+    if not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)[-threads:] if threads < len(before) else sorted(before)
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setaffinity(0, before)
+        except OSError:
+            pass
 
 
 def _window(run_once: Callable[[], object], spec: TimingSpec) -> list[float]:

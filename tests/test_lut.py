@@ -10,7 +10,9 @@ import pytest
 from conftest import INPUT_SHAPE
 from edgeprune.errors import UsageError
 from edgeprune.lut import LatencyTable, LayerEntry, TableError, interpolate
-from edgeprune.profile import ProfileConfig, measure_e2e, random_widths
+from edgeprune.loop import measure_model
+from edgeprune.profile import ProfileConfig, random_widths
+from edgeprune.prune import prune_to_widths
 from edgeprune.groups import analyse
 from edgeprune.models import build_model
 
@@ -184,14 +186,14 @@ def test_fake_table_predicts_random_configurations(tiny_table, fake_target):
     rel = []
     for _ in range(6):
         widths = random_widths(s, cfg, rng)
-        measured = measure_e2e(model, fake_target, INPUT_SHAPE, widths, None)
+        measured = measure_model(prune_to_widths(model, INPUT_SHAPE, widths), INPUT_SHAPE, fake_target).median_ms
         rel.append(abs(tiny_table.predict(widths) - measured) / measured)
     assert np.mean(np.array(rel) <= 0.10) >= 0.9, rel
 
 
 def test_fake_table_predicts_the_unpruned_model(tiny_table, fake_target):
     model = build_model("tiny_resnet", num_classes=10).eval()
-    measured = measure_e2e(model, fake_target, INPUT_SHAPE, {}, None)
+    measured = measure_model(model, INPUT_SHAPE, fake_target).median_ms
     assert tiny_table.predict(tiny_table.groups) == pytest.approx(measured, rel=0.10)
     assert tiny_table.predict({g: 8 for g in tiny_table.groups}) < tiny_table.predict({})
 

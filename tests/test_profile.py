@@ -95,8 +95,8 @@ def test_attribute_real_ort_profile_of_tiny_resnet(tiny_model, tmp_path):
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Wrap profile.measure_config: count calls, record widths, optionally interrupt."""
-    real = profile_mod.measure_config
+    """Wrap profile.profile_config: count calls, record widths, optionally interrupt."""
+    real = profile_mod.profile_config
 
     class Wrapper:
         calls = 0
@@ -107,12 +107,12 @@ def counting(monkeypatch):
             self.calls += 1
             if self.calls == self.interrupt_at:
                 raise KeyboardInterrupt
-            self.widths.append(dict(args[3]))
+            self.widths.append(dict(args[2]))
             return real(*args, **kwargs)
 
     w = Wrapper()
     w.widths = []
-    monkeypatch.setattr(profile_mod, "measure_config", w)
+    monkeypatch.setattr(profile_mod, "profile_config", w)
     return w
 
 

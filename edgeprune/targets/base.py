@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..spec import TargetSpec, TimingSpec
-from ..timing import Latency, measure
+from ..timing import Latency, measure_interleaved, pinned
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,15 @@ class Target(ABC):
 
     def measure(self, onnx_path: str | Path, timing: TimingSpec | None = None) -> Latency:
         """End-to-end latency of one inference under the shared timing protocol."""
-        compiled = self.compile(onnx_path)
-        return measure(compiled.run_once, timing or self.spec.timing)
+        return self.measure_many([onnx_path], timing)[0]
+
+    def measure_many(self, onnx_paths: list, timing: TimingSpec | None = None) -> list[Latency]:
+        """Several models measured interleaved (window by window, round robin), so a slow
+        period on a shared machine hits all of them instead of biasing one; pinned to
+        ``threads`` CPUs so the scheduler does not migrate the run between cores."""
+        compiled = [self.compile(p) for p in onnx_paths]
+        with pinned(self.spec.threads):
+            return measure_interleaved([c.run_once for c in compiled], timing or self.spec.timing)
 
     def fingerprint(self) -> dict:
         """What must match for a latency table measured elsewhere to be trusted here."""

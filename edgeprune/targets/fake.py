@@ -62,10 +62,10 @@ class FakeTarget(Target):
             out.append(NodeTime(node.name, node.op_type, ms))
         return out
 
-    def measure(self, onnx_path, timing=None):
+    def measure_many(self, onnx_paths, timing=None):
         from ..timing import Latency
-        total = RUN_OVERHEAD_MS + sum(t.ms for t in self.layer_times(onnx_path))
-        return Latency.from_samples([total] * 5)
+        return [Latency.from_samples([RUN_OVERHEAD_MS + sum(t.ms for t in self.layer_times(p))] * 5)
+                for p in onnx_paths]
 
 
 def _ceil8(c: int) -> int:

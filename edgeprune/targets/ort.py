@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..timing import pinned
 from .base import Compiled, NodeTime, Target, example_input
 
 SUFFIXES = ("_kernel_time", "_nchwc")
@@ -71,10 +72,11 @@ class OrtTarget(Target):
             session = self._session(onnx_path, profile_prefix=os.path.join(tmp, "ort"))
             x = example_input(_input_shape(session, self.spec.batch))
             name = session.get_inputs()[0].name
-            for _ in range(3):
-                session.run(None, {name: x})
-            for _ in range(runs):
-                session.run(None, {name: x})
+            with pinned(self.spec.threads):
+                for _ in range(3):
+                    session.run(None, {name: x})
+                for _ in range(runs):
+                    session.run(None, {name: x})
             trace = Path(session.end_profiling())
             events = json.loads(trace.read_text())
         return parse_ort_profile(events, skip_runs=3)
