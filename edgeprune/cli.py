@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from .errors import EdgepruneError
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before torch loads: OpenMP threads that busy-wait between ops disturb latency measurements
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -57,8 +57,11 @@ class Session:
     @classmethod
     def open(cls, cfg: SessionConfig) -> "Session":
         from .models import build_model, check_input_size, input_channels, is_pretrained, load_weights
+        import torch
         spec = load_spec(cfg.target)
         target = get_target(spec)
+        # idle torch threads spin after each op and would steal the core latency runs on
+        torch.set_num_threads(cfg.train_threads)
         size = cfg.input_size or spec.input_size or DEFAULT_INPUT_SIZE
         cfg = replace(cfg, input_size=size)
         data = _load_data(cfg) if cfg.data else None
@@ -81,12 +84,18 @@ class Session:
             return
         from .finetune import FinetuneConfig, train
         from .models import save_weights
-        ft = FinetuneConfig(epochs=self.cfg.baseline_epochs, threads=self.cfg.train_threads,
-                            progress=self.cfg.progress, patience=self.cfg.baseline_epochs)
+        ft = FinetuneConfig(epochs=self.cfg.baseline_epochs, threads=self.cfg.train_threads, lr=0.05,
+                            batch_size=self.batch_size, progress=self.cfg.progress,
+                            patience=self.cfg.baseline_epochs)
         train(self.model, self.data, ft, checkpoint, key=f"baseline:{self.cfg.model}:{self.cfg.input_size}")
         save_weights(self.model, checkpoint.with_name("baseline.pt"))
         self.model.eval()
         self.trained = True
+
+    @property
+    def batch_size(self) -> int:
+        """About 50 steps an epoch, between 32 and 128: small sets still get enough updates."""
+        return int(min(128, max(32, len(self.data.train) // 50))) if self.data else 128
 
     @property
     def table_path(self) -> Path:

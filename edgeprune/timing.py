@@ -40,6 +40,12 @@ class Latency:
             d.pop("samples_ms")
         return d
 
+    def merged(self, other: "Latency") -> "Latency":
+        """Pool the windows of two measurements of the same model: the least-disturbed window
+        of either summarises both, and all window medians are kept."""
+        best = self if self.median_ms <= other.median_ms else other
+        return replace(best, window_medians_ms=self.window_medians_ms + other.window_medians_ms)
+
     @classmethod
     def from_samples(cls, samples_ms: list[float] | tuple[float, ...]) -> "Latency":
         s = sorted(samples_ms)

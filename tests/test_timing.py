@@ -1,12 +1,13 @@
 """The shared timing protocol: summary statistics and the run-count/time stopping rules."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 from edgeprune.spec import TimingSpec
-from edgeprune.timing import Latency, measure, quantile
+from edgeprune.timing import Latency, measure, measure_interleaved, pinned, quantile
 
 
 class Counter:
@@ -129,3 +130,23 @@ def test_default_protocol_samples_for_min_time_on_a_fast_model():
     lat = measure(busy(60), spec)
     window_s = sum(lat.samples_ms) / 1e3
     assert window_s >= 0.9 * spec.min_time_s, (lat.runs, window_s)
+
+
+def test_interleaved_windows_take_turns():
+    # slow periods on a shared machine should hit every model alike: windows alternate a, b, a, b
+    order = []
+    runs = [lambda: order.append("a"), lambda: order.append("b")]
+    spec = TimingSpec(warmup_s=0, min_runs=3, max_runs=3, min_time_s=0, windows=2)
+    lats = measure_interleaved(runs, spec)
+    assert [lat.runs for lat in lats] == [3, 3]
+    assert "".join(order) == "ab" + "aaabbb" * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and at least two CPUs")
+def test_pinned_restricts_then_restores_affinity():
+    before = os.sched_getaffinity(0)
+    with pinned(1):
+        inside = os.sched_getaffinity(0)
+    assert len(inside) == 1 and inside <= before
+    assert os.sched_getaffinity(0) == before
