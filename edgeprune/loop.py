@@ -20,8 +20,9 @@ from .timing import Latency
 
 @dataclass
 class LoopConfig:
-    max_rounds: int = 4
-    margin: float = 0.02   # aim this fraction under the budget so re-measurement noise still fits
+    max_rounds: int = 5
+    margin: float = 0.05   # aim this fraction under the budget so re-measurement noise still fits
+    slack: float = 0.05    # a fit further under the aim than this is worth a larger try
     importance: str = "l1"
 
 
@@ -54,29 +55,46 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
                search_cfg: SearchConfig, cfg: LoopConfig | None = None) -> LoopResult:
     """Prune ``model`` (a copy) until its measured median latency on ``target`` fits.
 
-    Each round aims ``margin`` under the budget; a miss scales the search budget by
-    aim/measured, never below the smallest allowed model, which is tried before giving up.
+    Each round aims ``margin`` under the budget. A miss scales the search budget by
+    aim/measured (never below the smallest allowed model, which is tried before giving up);
+    a fit with more than ``slack`` to spare after a miss bisects back up, because one
+    disturbed measurement should not cost accuracy. The largest fitting model is kept.
     """
     cfg = cfg or LoopConfig()
     aim = budget_ms * (1 - cfg.margin)
     floor = table.predict(bounds(table, search_cfg)[0])
     if floor > budget_ms:
         raise InfeasibleBudget(budget_ms, floor)
-    search_budget, rounds, best = max(aim, floor), [], None
+    rounds: list[Round] = []
+    fits: LoopResult | None = None
+    fit_at, miss_at, tried = None, None, set()
+    search_budget = max(aim, floor)
     for k in range(1, cfg.max_rounds + 1):
         result = search(table, scores, search_budget, search_cfg)
+        key = tuple(sorted(result.widths.items()))
+        if key in tried:
+            break
+        tried.add(key)
         pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance)
         latency = measure_model(pruned, input_shape, target)
         rounds.append(Round(k, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms))
-        current = LoopResult(pruned, result, latency, rounds)
-        if best is None or latency.median_ms < best.latency.median_ms:
-            best = current
-        if latency.median_ms <= aim or search_budget <= floor * (1 + 1e-9):
-            break
-        search_budget = max(floor, search_budget * aim / latency.median_ms)
-    if best.latency.median_ms <= budget_ms:
-        return best
-    raise BudgetNotMet(f"after {len(rounds)} rounds the best model measures {best.latency.median_ms:.3f} ms "
+        if latency.median_ms <= aim:
+            if fit_at is None or search_budget > fit_at:
+                fits, fit_at = LoopResult(pruned, result, latency, rounds), search_budget
+            if miss_at is None or latency.median_ms >= aim * (1 - cfg.slack):
+                break
+            search_budget = (search_budget + miss_at) / 2
+        else:
+            miss_at = search_budget if miss_at is None else min(miss_at, search_budget)
+            if search_budget <= floor * (1 + 1e-9):
+                break
+            scaled = max(floor, search_budget * aim / latency.median_ms)
+            search_budget = (fit_at + search_budget) / 2 if fit_at is not None else scaled
+    if fits is not None:
+        fits.rounds = rounds
+        return fits
+    best = min(rounds, key=lambda r: r.measured_ms)
+    raise BudgetNotMet(f"after {len(rounds)} rounds the best model measures {best.measured_ms:.3f} ms "
                        f"> budget {budget_ms:.3f} ms (smallest allowed model predicted {floor:.3f} ms); "
                        f"raise the budget or lower --min-ratio/--min-width")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -15,10 +16,11 @@ import torch
 
 from . import __version__
 from .errors import UsageError
-from .loop import LoopConfig, bounded, fit_budget, gradual_budgets
-from .onnxio import export_onnx
+from .loop import LoopConfig, LoopResult, Round, bounded, fit_budget, gradual_budgets
+from .onnxio import atomic_path, export_onnx
 from .profile import ProfileConfig
-from .search import SearchConfig
+from .search import SearchConfig, SearchResult
+from .timing import Latency
 from .session import Session, SessionConfig
 
 
@@ -79,7 +81,7 @@ def run_prune(job: PruneJob) -> dict:
         with stages("search+measure"):
             cfg = s.search_config(job.search)
             cfg = bounded(cfg, s.widths(current)) if k > 1 else cfg
-            result = fit_budget(current, s.input_shape, table, s.scores(current), s.target, step_budget, cfg, job.loop)
+            result = fit_step(s, job, current, table, step_budget, cfg, k)
             rounds += [{**r.to_dict(), "step": k} for r in result.rounds]
             current = result.model
         if step_epochs:
@@ -104,9 +106,29 @@ def run_prune(job: PruneJob) -> dict:
                           model_stats(teacher, s.input_shape), model_stats(current, s.input_shape),
                           art, size_before, history, stages.seconds)
     write_report(report, job.out)
-    for ckpt in job.out.glob("finetune*.ckpt"):
-        ckpt.unlink()
+    for done in [*job.out.glob("finetune*.ckpt"), *job.out.glob("step*.json")]:
+        done.unlink()
     return report
+
+
+def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchConfig, k: int) -> LoopResult:
+    """The closed loop for step ``k``, or its saved outcome when an interrupted job is re-run
+    (so the re-run prunes to the same widths and its fine-tune checkpoint still applies)."""
+    from .prune import prune_to_widths
+    saved = job.out / f"step{k}.json"
+    key = _key(step_budget, table.digest, asdict(cfg), s.widths(current), job.loop.importance)
+    if saved.exists():
+        d = json.loads(saved.read_text())
+        if d.get("key") == key:
+            model = prune_to_widths(current, s.input_shape, d["search"]["widths"], job.loop.importance)
+            return LoopResult(model, SearchResult(**d["search"]), Latency.from_samples(d["samples_ms"]),
+                              [Round(**r) for r in d["rounds"]])
+    result = fit_budget(current, s.input_shape, table, s.scores(current), s.target, step_budget, cfg, job.loop)
+    final, tmp = atomic_path(saved)
+    tmp.write_text(json.dumps({"key": key, "search": result.search.to_dict(), "rounds": [r.to_dict() for r in result.rounds],
+                               "samples_ms": list(result.latency.samples_ms)}))
+    os.replace(tmp, final)
+    return result
 
 
 def check_feasible(table, cfg: SearchConfig, budget_ms: float) -> None:

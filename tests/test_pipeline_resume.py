@@ -1,0 +1,45 @@
+"""An interrupted `prune` resumes: the re-run reuses the closed loop's widths and the
+fine-tune checkpoint instead of starting over (fake target: deterministic and fast)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import edgeprune.finetune as finetune_mod
+import edgeprune.pipeline as pipeline_mod
+from edgeprune import api
+
+SIZE = 16
+
+
+def run(tmp_path, fake_target_file, budget):
+    return api.prune("tiny_resnet", tmp_path / "out", budget, str(fake_target_file), data="digits",
+                     epochs=1, input_size=SIZE, baseline_epochs=1, progress=False,
+                     profiles_dir=str(tmp_path / "profiles"))
+
+
+def test_interrupted_prune_resumes_with_the_same_widths(tmp_path, fake_target_file, monkeypatch):
+    unpruned = api.measure("tiny_resnet", str(fake_target_file), SIZE).median_ms
+    budget = 0.7 * unpruned
+    real_train, real_fit = finetune_mod.train, pipeline_mod.fit_budget
+
+    def interrupt_finetune(model, data, cfg, checkpoint=None, teacher=None, key=""):
+        if teacher is not None:  # the baseline trains; the fine-tune is interrupted
+            raise KeyboardInterrupt
+        return real_train(model, data, cfg, checkpoint, teacher, key)
+
+    monkeypatch.setattr(finetune_mod, "train", interrupt_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, fake_target_file, budget)
+    saved = json.loads((tmp_path / "out" / "step1.json").read_text())
+    assert not (tmp_path / "out" / "report.json").exists()
+
+    calls = []
+    monkeypatch.setattr(finetune_mod, "train", real_train)
+    monkeypatch.setattr(pipeline_mod, "fit_budget", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    report = run(tmp_path, fake_target_file, budget)
+    assert calls == []  # the loop's outcome was reused
+    assert report["widths"] == saved["search"]["widths"]
+    assert report["within_budget"] and report["measured_ms"] <= budget
+    assert not list((tmp_path / "out").glob("step*.json")) and not list((tmp_path / "out").glob("finetune*.ckpt"))
