@@ -119,7 +119,7 @@ class LatencyTable:
         if expect and not allow_mismatch:
             diff = mismatches(table.meta, expect)
             if diff:
-                raise UsageError(f"latency table {path} was measured under other conditions "
+                raise TableMismatch(f"latency table {path} was measured under other conditions "
                                  f"({diff}); re-profile or pass --allow-table-mismatch")
         table.path = path
         return table
@@ -133,6 +133,10 @@ class LatencyTable:
                    {k: LayerEntry(**v) for k, v in d["layers"].items()},
                    float(cal["overhead_ms"]), float(cal["scale"]), float(cal["offset_ms"]),
                    TableError(**d.get("error", {})))
+
+
+class TableMismatch(UsageError):
+    """A table measured under other conditions (runtime, device, threads, model, input)."""
 
 
 def mismatches(meta: dict, expect: dict) -> str:

@@ -3,6 +3,7 @@ before any output is written, so bad input fails fast with one line and leaves n
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn as nn
 
 from .errors import UsageError
 from .groups import Structure, analyse
-from .lut import LatencyTable
+from .lut import LatencyTable, TableMismatch
 from .profile import ProfileConfig, build_table, table_meta
 from .search import SearchConfig
 from .spec import TargetSpec, load_spec
@@ -109,7 +110,12 @@ class Session:
         expect = table_meta(self.target, self.structure, self.cfg.model)
         path = self.table_path
         if path.exists() and not self.cfg.reprofile:
-            return LatencyTable.load(path, expect, self.cfg.allow_table_mismatch)
+            try:
+                return LatencyTable.load(path, expect, self.cfg.allow_table_mismatch)
+            except TableMismatch as e:
+                if self.cfg.table:  # asked for this file explicitly: say so, don't overwrite it
+                    raise
+                print(f"edgeprune: {e}; profiling again", file=sys.stderr)
         if self.cfg.table and not path.exists() and self.cfg.allow_table_mismatch:
             raise UsageError(f"latency table {path} does not exist")
         return build_table(self.model, self.target, self.input_shape, path, self.cfg.model, self.cfg.profile)
