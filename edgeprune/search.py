@@ -89,7 +89,7 @@ def search(table: LatencyTable, scores: dict[str, np.ndarray], budget_ms: float,
         state.set(best[1], best[2])
         steps += 1
     steps += _fill(state, hi, cum, budget_ms, cfg.round_to)
-    total_imp = sum(cum[g][c] for g, c in table.groups.items())
+    total_imp = sum(c[-1] for c in cum.values())  # scores of a pruned model cover its own widths
     kept = sum(cum[g][w] for g, w in widths.items()) / total_imp if total_imp else 1.0
     return SearchResult(dict(widths), table.predict(widths), budget_ms, table.predict(table.groups),
                         float(kept), steps, time.perf_counter() - t0)

@@ -43,3 +43,18 @@ def test_interrupted_prune_resumes_with_the_same_widths(tmp_path, fake_target_fi
     assert report["widths"] == saved["search"]["widths"]
     assert report["within_budget"] and report["measured_ms"] <= budget
     assert not list((tmp_path / "out").glob("step*.json")) and not list((tmp_path / "out").glob("finetune*.ckpt"))
+
+
+def test_gradual_pruning_steps_down_to_the_budget(tmp_path, fake_target_file):
+    unpruned = api.measure("tiny_resnet", str(fake_target_file), SIZE).median_ms
+    budget = 0.7 * unpruned
+    report = api.prune("tiny_resnet", tmp_path / "out", budget, str(fake_target_file), data="digits",
+                       epochs=2, steps=2, input_size=SIZE, baseline_epochs=1, progress=False,
+                       profiles_dir=str(tmp_path / "profiles"))
+    steps = sorted({r["step"] for r in report["rounds"]})
+    assert steps == [1, 2]
+    first = [r for r in report["rounds"] if r["step"] == 1][-1]
+    last = [r for r in report["rounds"] if r["step"] == 2][-1]
+    assert budget < first["search_budget_ms"] and last["measured_ms"] <= budget < first["measured_ms"]
+    assert [h["step"] for h in report["finetune"]["history"]] == [1, 2]  # one epoch after each step
+    assert report["within_budget"]
