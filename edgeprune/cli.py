@@ -61,7 +61,7 @@ def cmd_measure(a) -> int:
 def cmd_profile(a) -> int:
     from .api import profile
     from .profile import ProfileConfig
-    cfg = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate)
+    cfg = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate, calibrate=a.calibrate)
     kw = _session_kwargs(a)
     kw.pop("table", None)
     t = profile(a.model, a.target, out=a.out, profile=cfg, **{k: v for k, v in kw.items() if k != "input_size"},
@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="table file to write")
     c.add_argument("--levels", type=int, default=5, help="widths per group (rounded up to a prime)")
     c.add_argument("--runs", type=int, default=10, help="profiled runs per configuration")
-    c.add_argument("--validate", type=int, default=5, help="random configurations for the error")
+    c.add_argument("--calibrate", type=int, default=10, help="random configurations to calibrate on")
+    c.add_argument("--validate", type=int, default=5, help="other random configurations for the error")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
     common(c)

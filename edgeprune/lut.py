@@ -29,7 +29,8 @@ class LayerEntry:
 
     axes: list[str]
     levels: list[list[int]]
-    ms: list  # nested list, shape = [len(l) for l in levels]
+    ms: list  # nested list, shape = [len(l) for l in levels]; the smoothed surface used to predict
+    measured: list | None = None  # the per-cell medians as profiled, kept for provenance
 
     def predict(self, widths: dict[str, int]) -> float:
         return interpolate(self.levels, np.asarray(self.ms, dtype=float), [widths[a] for a in self.axes])

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -198,3 +199,15 @@ def test_ort_table_records_measurement_conditions(tiny_model, tmp_path):
     assert 0 < table.predict({}) < 100
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["meta"]["runtime_version"] == onnxruntime.__version__
+
+
+def test_smooth_is_exact_on_a_bilinear_grid_and_pools_noise():
+    from edgeprune.profile import smooth
+    levels = [[8, 16, 24, 32, 40], [16, 32, 48, 64, 80]]
+    ci, co = np.meshgrid(*[np.asarray(l, float) for l in levels], indexing="ij")
+    truth = 0.01 + 1e-4 * ci * co + 2e-4 * co
+    assert np.allclose(smooth(levels, truth), truth)
+    noisy = truth * (1 + np.random.default_rng(0).normal(0, 0.1, truth.shape))
+    assert np.abs(smooth(levels, noisy) - truth).mean() < np.abs(noisy - truth).mean()
+    line = np.array([1.0, 2.0, 4.0])
+    assert np.allclose(smooth([[8, 16, 24]], line), line)  # three points: the quadratic is exact
