@@ -1,8 +1,6 @@
 """The Python API; every CLI command is a thin wrapper over one of these functions."""
 from __future__ import annotations
 
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError

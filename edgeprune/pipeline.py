@@ -18,7 +18,6 @@ from . import __version__
 from .errors import UsageError
 from .loop import LoopConfig, LoopResult, Round, bounded, fit_budget, gradual_budgets
 from .onnxio import atomic_path, export_onnx
-from .profile import ProfileConfig
 from .search import SearchConfig, SearchResult
 from .timing import Latency
 from .session import Session, SessionConfig

@@ -9,7 +9,7 @@ from edgeprune import finetune
 from edgeprune.data import DataConfig, load_data
 from edgeprune.finetune import (FinetuneConfig, TrainResult, distillation_loss, recalibrate_bn,
                                 train)
-from edgeprune.metrics import Metrics, confusion_matrix, evaluate, from_confusion
+from edgeprune.metrics import confusion_matrix, evaluate, from_confusion
 from edgeprune.models import build_model
 
 FAST = dict(lr=0.05, batch_size=32, progress=False, threads=1)  # 1 thread: 10x faster on a busy 2-core box

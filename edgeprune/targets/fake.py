@@ -7,7 +7,6 @@ real device and is never used as evidence that one works.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
