@@ -66,21 +66,27 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     if floor > budget_ms:
         raise InfeasibleBudget(budget_ms, floor)
     rounds: list[Round] = []
-    fits: LoopResult | None = None
+    fits = best = None
     fit_at, miss_at, tried = None, None, set()
     search_budget = max(aim, floor)
     for k in range(1, cfg.max_rounds + 1):
         result = search(table, scores, search_budget, search_cfg)
         key = tuple(sorted(result.widths.items()))
-        if key in tried:
-            break
+        if key in tried:  # the table maps this budget to widths already measured
+            if fit_at is not None or search_budget <= floor * (1 + 1e-9):
+                break
+            search_budget = max(floor, search_budget * (1 - cfg.margin))
+            continue
         tried.add(key)
         pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance)
         latency = measure_model(pruned, input_shape, target)
-        rounds.append(Round(k, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms))
+        rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms))
+        current = LoopResult(pruned, result, latency, rounds)
+        if best is None or latency.median_ms < best.latency.median_ms:
+            best = current
         if latency.median_ms <= aim:
             if fit_at is None or search_budget > fit_at:
-                fits, fit_at = LoopResult(pruned, result, latency, rounds), search_budget
+                fits, fit_at = current, search_budget
             if miss_at is None or latency.median_ms >= aim * (1 - cfg.slack):
                 break
             search_budget = (search_budget + miss_at) / 2
@@ -90,11 +96,13 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
                 break
             scaled = max(floor, search_budget * aim / latency.median_ms)
             search_budget = (fit_at + search_budget) / 2 if fit_at is not None else scaled
+    if fits is None and best is not None and best.latency.median_ms <= budget_ms:
+        fits = best  # inside the budget, if not by the margin aimed for
     if fits is not None:
         fits.rounds = rounds
         return fits
-    best = min(rounds, key=lambda r: r.measured_ms)
-    raise BudgetNotMet(f"after {len(rounds)} rounds the best model measures {best.measured_ms:.3f} ms "
+    best_ms = min(r.measured_ms for r in rounds)
+    raise BudgetNotMet(f"after {len(rounds)} rounds the best model measures {best_ms:.3f} ms "
                        f"> budget {budget_ms:.3f} ms (smallest allowed model predicted {floor:.3f} ms); "
                        f"raise the budget or lower --min-ratio/--min-width")
 

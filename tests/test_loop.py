@@ -106,3 +106,13 @@ def test_bounded_never_regrows():
     cfg = bounded(SearchConfig(min_ratio=0.5, protect=["a"]), {"a": 8, "b": 16})
     assert cfg.max_widths == {"a": 8, "b": 16}
     assert cfg.min_ratio == 0.5 and cfg.protect == ["a"]
+
+
+def test_a_model_inside_the_budget_but_not_the_margin_is_kept(tiny_model, tiny_table, scores):
+    # every measurement lands between the aim (budget minus margin) and the budget: the loop
+    # cannot reach its aim, but the model is inside the budget and must be returned
+    budget = 0.8 * tiny_table.predict({})
+    target = NoisyFake([0.99 * budget] * 20)
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig())
+    assert r.latency.median_ms == pytest.approx(0.99 * budget)
+    assert r.rounds and all(x.measured_ms <= budget for x in r.rounds)
