@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -11,8 +10,6 @@ from .errors import EdgepruneError
 
 
 def main(argv: list[str] | None = None) -> int:
-    # before torch loads: OpenMP threads that busy-wait between ops disturb latency measurements
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -71,10 +71,12 @@ def run_prune(job: PruneJob) -> dict:
         s.ensure_trained(job.out / "baseline.ckpt")
         before = evaluate(s.model, s.data.loader("test"), s.data.num_classes)
         baseline_onnx = export_onnx(s.model, s.input_shape, Path(work.name) / "baseline.onnx")
-        baseline = s.target.measure(baseline_onnx)
     teacher = copy.deepcopy(s.model).eval()
     current, rounds, history = s.model, [], []
-    budgets = gradual_budgets(baseline.median_ms, budget, job.steps)
+    # the report's baseline is measured at the end, interleaved with the final model; the
+    # intermediate budgets of gradual pruning need one now
+    start_ms = s.target.measure(baseline_onnx).median_ms if job.steps > 1 else budget
+    budgets = gradual_budgets(start_ms, budget, job.steps)
     epochs = split_epochs(job.epochs if job.finetune else 0, len(budgets))
     for k, (step_budget, step_epochs) in enumerate(zip(budgets, epochs), 1):
         with stages("search+measure"):

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see edgeprune.cli)
-
-from edgeprune import api  # noqa: E402
-from edgeprune.profile import ProfileConfig  # noqa: E402
+from edgeprune import api
+from edgeprune.profile import ProfileConfig
 
 
 def table_row(model: str, args, out: Path) -> dict:

@@ -8,21 +8,19 @@ from the profiler can be calibrated; a scattered one means it cannot reach ±10%
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import edgeprune  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import numpy as np  # noqa: I001
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from edgeprune.groups import analyse  # noqa: E402
-from edgeprune.models import build_model  # noqa: E402
-from edgeprune.onnxio import export_onnx  # noqa: E402
-from edgeprune.profile import E2E_TIMING, ProfileConfig, random_widths  # noqa: E402
-from edgeprune.prune import prune_to_widths  # noqa: E402
-from edgeprune.targets import get_target  # noqa: E402
+from edgeprune.groups import analyse
+from edgeprune.models import build_model
+from edgeprune.onnxio import export_onnx
+from edgeprune.profile import E2E_TIMING, ProfileConfig, random_widths
+from edgeprune.prune import prune_to_widths
+from edgeprune.targets import get_target
 
 
 def fidelity(model_name: str, size: int, configs: int, target: str, seed: int = 7) -> dict:
