@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _session_kwargs(a) -> dict:
     keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance")
-    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+    kw = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+    if getattr(a, "levels", None) is not None:
+        from .profile import ProfileConfig
+        kw["profile"] = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate, calibrate=a.calibrate)
+    return kw
 
 
 def cmd_targets(a) -> int:
@@ -57,11 +61,9 @@ def cmd_measure(a) -> int:
 
 def cmd_profile(a) -> int:
     from .api import profile
-    from .profile import ProfileConfig
-    cfg = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate, calibrate=a.calibrate)
     kw = _session_kwargs(a)
     kw.pop("table", None)
-    t = profile(a.model, a.target, out=a.out, profile=cfg, **{k: v for k, v in kw.items() if k != "input_size"},
+    t = profile(a.model, a.target, out=a.out, **{k: v for k, v in kw.items() if k != "input_size"},
                 input_size=a.input_size)
     e = t.error
     print(f"wrote {t.path}: {len(t.layers)} layers, {len(t.groups)} groups; prediction error over "
@@ -135,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--allow-table-mismatch", action="store_true", default=None,
                        help="use a table measured under other conditions")
         c.add_argument("--importance", help="channel importance: l1 (default), l2, bn_scale, fpgm, lamp")
+        g = c.add_argument_group("profiling (when a table is measured)")
+        g.add_argument("--levels", type=int, default=5, help="widths per group (rounded up to a prime)")
+        g.add_argument("--runs", type=int, default=10, help="profiled runs per configuration")
+        g.add_argument("--calibrate", type=int, default=60, help="random configurations to calibrate on")
+        g.add_argument("--validate", type=int, default=5, help="other random configurations for the error")
 
     def search_args(c):
         c.add_argument("--budget-ms", type=float, help="latency budget (default: the target file's)")
@@ -154,10 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     table_args(c)
     c.add_argument("--out", help="table file to write")
-    c.add_argument("--levels", type=int, default=5, help="widths per group (rounded up to a prime)")
-    c.add_argument("--runs", type=int, default=10, help="profiled runs per configuration")
-    c.add_argument("--calibrate", type=int, default=10, help="random configurations to calibrate on")
-    c.add_argument("--validate", type=int, default=5, help="other random configurations for the error")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
     common(c)

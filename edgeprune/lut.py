@@ -2,7 +2,7 @@
 
 Each layer has a grid over the widths of its input and output groups (0, 1 or 2 axes),
 measured in context on the target; a configuration's latency is the calibrated sum of the
-layers' interpolated costs. The file records the conditions it was measured under and its
+layers' interpolated costs plus per-group end-to-end terms (``edgeprune.calibration``). The file records the conditions it was measured under and its
 own prediction error, and refuses to load where those conditions do not hold.
 """
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import Calibration
 from .errors import UsageError
 from .onnxio import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-group calibration terms
 MATCH_KEYS = ("runtime", "runtime_version", "device", "threads", "precision", "host_cpu",
               "host_isa", "host_cores", "input_shape", "model_signature", "schema")
 
@@ -66,8 +67,7 @@ class LatencyTable:
     groups: dict[str, int]
     layers: dict[str, LayerEntry]
     overhead_ms: float
-    scale: float = 1.0
-    offset_ms: float = 0.0
+    calibration: Calibration = field(default_factory=Calibration)
     error: TableError = field(default_factory=TableError)
     path: Path | None = None
 
@@ -77,7 +77,16 @@ class LatencyTable:
 
     def predict(self, widths: dict[str, int]) -> float:
         """Predicted end-to-end median latency (ms) of the model at ``widths``."""
-        return self.scale * self.raw(self._complete(widths)) + self.offset_ms
+        w = self._complete(widths)
+        return self.calibration.total_ms(self.raw(w), w, self.groups)
+
+    def group_ms(self, group: str, width: int) -> float:
+        """The calibration's end-to-end term for ``group`` at ``width``."""
+        return self.calibration.group_ms(group, width, self.groups[group])
+
+    @property
+    def scale(self) -> float:
+        return self.calibration.scale
 
     def layer_ms(self, widths: dict[str, int]) -> dict[str, float]:
         w = self._complete(widths)
@@ -91,8 +100,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, "meta": self.meta, "groups": self.groups,
-                "calibration": {"scale": self.scale, "offset_ms": self.offset_ms,
-                                "overhead_ms": self.overhead_ms},
+                "calibration": {**asdict(self.calibration), "overhead_ms": self.overhead_ms},
                 "error": asdict(self.error),
                 "layers": {k: asdict(v) for k, v in self.layers.items()}}
 
@@ -129,11 +137,11 @@ class LatencyTable:
     def _from_dict(cls, d: dict) -> "LatencyTable":
         if d.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"schema {d.get('schema')} (this edgeprune reads {SCHEMA_VERSION})")
-        cal = d["calibration"]
+        cal = dict(d["calibration"])
+        overhead = float(cal.pop("overhead_ms"))
         return cls(d["meta"], {k: int(v) for k, v in d["groups"].items()},
                    {k: LayerEntry(**v) for k, v in d["layers"].items()},
-                   float(cal["overhead_ms"]), float(cal["scale"]), float(cal["offset_ms"]),
-                   TableError(**d.get("error", {})))
+                   overhead, Calibration(**cal), TableError(**d.get("error", {})))
 
 
 class TableMismatch(UsageError):

@@ -4,8 +4,9 @@ Design: with ``m`` width levels per group (m prime) and a colouring of groups su
 the two groups of any layer differ in colour, configuration (i, j) gives group g the level
 (i + j * colour[g]) mod m. Every layer then sees every (c_in level, c_out level) pair exactly
 once in m*m whole-model runs, measured by the runtime's own per-node profiler, so fusion and
-layout effects are part of each layer's cost. End-to-end runs of the same configurations
-calibrate the profiler's sum; random configurations not in the design measure the error.
+layout effects are part of each layer's cost. End-to-end runs of random configurations
+calibrate the profiler's sum (``edgeprune.calibration``); other random configurations
+measure the table's error.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import numpy as np
 import torch.nn as nn
 
 from . import __version__
+from .errors import UsageError
 from .groups import Structure, analyse
-from .lut import LatencyTable, LayerEntry, TableError
+from .calibration import fit as fit_calibration
+from .lut import SCHEMA_VERSION, LatencyTable, LayerEntry, TableError
 from .onnxio import atomic_path, export_onnx, module_call_order, node_module_map
 from .progress import bar
 from .prune import prune_to_widths
@@ -31,6 +34,7 @@ from .spec import TimingSpec
 from .targets.base import NodeTime, Target
 
 E2E_TIMING = TimingSpec(warmup_s=0.2, min_runs=10, min_time_s=0.1, max_time_s=5, windows=5)
+MEASURE_CHUNK = 20  # configurations measured interleaved at once (each holds a compiled session)
 
 
 @dataclass
@@ -39,17 +43,27 @@ class ProfileConfig:
     min_ratio: float = 0.125  # smallest width profiled, as a fraction of the group
     round_to: int = 8
     runs: int = 10           # profiled runs per configuration (per-node medians)
-    calibrate: int = 10      # random configurations the profiler sum is calibrated on (end to end)
+    calibrate: int = 60      # random configurations the profiler sum is calibrated on (end to end)
     validate: int = 5        # other random configurations, for the table's error
+    align: int = 16          # width multiple whose kernels the calibration may find faster
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        low = {k: v for k, v in (("levels", self.levels - 1), ("runs", self.runs), ("calibrate", self.calibrate + 1),
+                                 ("validate", self.validate + 1), ("align", self.align)) if v < 1}
+        if low:
+            raise UsageError(f"profile settings out of range: {', '.join(low)} (levels >= 2, runs >= 1, "
+                             "calibrate >= 0, validate >= 0, align >= 1)")
+        if not 0 < self.min_ratio <= 1:
+            raise UsageError(f"profile min_ratio must be in (0, 1], got {self.min_ratio}")
 
 
 def table_meta(target: Target, structure: Structure, model_name: str) -> dict:
     """The conditions a table is valid under (compared on load) plus provenance."""
     return {**target.fingerprint(), "target": target.spec.name, "model": model_name,
             "model_signature": structure.signature, "input_shape": list(structure.input_shape),
-            "schema": 1}
+            "schema": SCHEMA_VERSION}
 
 
 def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], out: str | os.PathLike,
@@ -67,21 +81,20 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     checks = [random_widths(structure, cfg, rng) for _ in range(cfg.validate)]
     calib = [random_widths(structure, cfg, rng) for _ in range(cfg.calibrate)]
     partial = Partial(Path(out), _key(meta, levels, cfg))
-    with tempfile.TemporaryDirectory() as work, bar(f"profile {model_name}", len(design) + 2, cfg.progress) as advance:
+    chunks = [calib[k:k + MEASURE_CHUNK] for k in range(0, len(calib), MEASURE_CHUNK)]
+    with tempfile.TemporaryDirectory() as work, bar(f"profile {model_name}", len(design) + len(chunks) + 1, cfg.progress) as advance:
         files = Exporter(model, input_shape, Path(work))
         for k, widths in enumerate(design):
             if str(k) not in partial.samples:
                 partial.add(str(k), profile_config(files, target, widths, cfg.runs))
             advance(info=f"config {k + 1}/{len(design)}")
+        for k, chunk in enumerate(chunks):
+            if f"e2e{k}" not in partial.samples:
+                partial.add(f"e2e{k}", {"ms": files.measure(target, chunk)})
+            advance(info=f"end-to-end calibration {k + 1}/{len(chunks)}")
         samples = [partial.samples[str(k)] for k in range(len(design))]
-        if "e2e" not in partial.samples:
-            partial.add("e2e", {"ms": files.measure(target, design + calib)})
-        e2e = partial.samples["e2e"]["ms"]
-        for sample, ms in zip(samples, e2e):
-            sample["e2e_ms"] = ms
-        calib_samples = [{"widths": w, "e2e_ms": ms} for w, ms in zip(calib, e2e[len(design):])]
-        advance(info="end-to-end calibration")
-        table = assemble(structure, levels, samples, meta, calib_samples)
+        e2e = [ms for k in range(len(chunks)) for ms in partial.samples[f"e2e{k}"]["ms"]]
+        table = assemble(structure, levels, samples, meta, calib, e2e, cfg.align)
         if "checks" not in partial.samples:
             partial.add("checks", {"ms": files.measure(target, checks)})
         advance(info="validation")
@@ -206,45 +219,34 @@ def _owners(onnx_model, node_to_module: dict[str, str]) -> dict[str, str]:
 
 
 def assemble(structure: Structure, levels: dict[str, list[int]], samples: list[dict], meta: dict,
-             calib: list[dict] | None = None) -> LatencyTable:
-    """Grid each layer's samples by its axes' levels, then calibrate the sum to end to end on
-    ``calib`` (random configurations) when given, else on the design's own configurations.
+             calib: list[dict[str, int]], e2e_ms: list[float], align: int = 16) -> LatencyTable:
+    """Grid each layer's samples by its axes' levels, smooth each grid, then calibrate the sum
+    to the end-to-end medians ``e2e_ms`` of the random configurations ``calib``.
 
     The design's configurations are extreme mixes (every group at its smallest or largest
     width against every other); a calibration fitted on them was off by about ±9% on random
     configurations in the benchmark, so typical configurations calibrate the table instead."""
-    entries = {}
-    for layer in structure.layers.values():
-        axes = layer.axes
-        grid_levels = [sorted(set(levels[a])) for a in axes]
-        cells: dict[tuple, list[float]] = {}
-        for s in samples:
-            idx = tuple(g.index(s["widths"][a]) for a, g in zip(axes, grid_levels))
-            cells.setdefault(idx, []).append(s["layers"].get(layer.name, 0.0))
-        shape = tuple(len(l) for l in grid_levels)
-        ms = np.full(shape, np.nan) if shape else np.array(np.nan)
-        for idx, vals in cells.items():
-            ms[idx] = statistics.median(vals)
-        measured = _fill(ms)
-        entries[layer.name] = LayerEntry(axes, grid_levels, smooth(grid_levels, measured).round(5).tolist(),
-                                         measured.round(5).tolist())
+    entries = {layer.name: layer_entry(layer.name, layer.axes, levels, samples) for layer in structure.layers.values()}
     overhead = statistics.median(s["overhead_ms"] for s in samples)
     table = LatencyTable(meta, structure.full_widths(), entries, round(overhead, 5))
-    fit_on = calib if calib and len(calib) >= 3 else samples
-    raw = np.array([table.raw(s["widths"]) for s in fit_on])
-    e2e = np.array([s["e2e_ms"] for s in fit_on])
-    table.scale, table.offset_ms = calibrate(raw, e2e)
+    raw = [table.raw({**table.groups, **w}) for w in calib]
+    table.calibration = fit_calibration(raw, calib, e2e_ms, table.groups, align)
     return table
 
 
-def calibrate(raw: np.ndarray, e2e: np.ndarray) -> tuple[float, float]:
-    """Least-squares e2e ≈ scale * raw + offset, in relative terms (small models count as much)."""
-    w = 1.0 / e2e
-    A = np.stack([raw * w, w], axis=1)
-    scale, offset = np.linalg.lstsq(A, e2e * w, rcond=None)[0]
-    if scale <= 0 or len(raw) < 3:
-        return float(np.median(e2e / raw)), 0.0
-    return round(float(scale), 6), round(float(offset), 6)
+def layer_entry(name: str, axes: list[str], levels: dict[str, list[int]], samples: list[dict]) -> LayerEntry:
+    """One layer's grid over its axes' levels: per-cell medians of the profiled samples, smoothed."""
+    grid_levels = [sorted(set(levels[a])) for a in axes]
+    cells: dict[tuple, list[float]] = {}
+    for s in samples:
+        idx = tuple(g.index(s["widths"][a]) for a, g in zip(axes, grid_levels))
+        cells.setdefault(idx, []).append(s["layers"].get(name, 0.0))
+    shape = tuple(len(l) for l in grid_levels)
+    ms = np.full(shape, np.nan) if shape else np.array(np.nan)
+    for idx, vals in cells.items():
+        ms[idx] = statistics.median(vals)
+    measured = _fill(ms)
+    return LayerEntry(axes, grid_levels, smooth(grid_levels, measured).round(5).tolist(), measured.round(5).tolist())
 
 
 def smooth(levels: list[list[int]], ms: np.ndarray) -> np.ndarray:

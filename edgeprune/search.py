@@ -137,7 +137,8 @@ class _State:
         before = sum(e.predict(self.widths) for e in entries)
         trial = {**self.widths, g: new}
         after = sum(e.predict(trial) for e in entries)
-        return self.table.scale * (before - after)
+        terms = self.table.group_ms(g, self.widths[g]) - self.table.group_ms(g, new)
+        return self.table.scale * (before - after) + terms
 
     def set(self, g: str, new: int) -> None:
         self.widths[g] = new

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS_DIR = REPO / "targets"
 INPUT_SHAPE = (1, 3, 32, 32)
 FAKE_YAML = "name: fake\nruntime: fake\n"
-TINY_PROFILE = dict(levels=3, runs=2, validate=3, progress=False)
+TINY_PROFILE = dict(levels=3, runs=2, validate=3, calibrate=6, progress=False)
 
 
 def write_fake_target(directory: Path, name: str = "fake") -> Path:
@@ -71,7 +71,7 @@ def resnet18_setup(tmp_path_factory, fake_target):
     model = build_model("resnet18", num_classes=10).eval()
     out = tmp_path_factory.mktemp("tables") / "resnet18-32px.json"
     table = build_table(model, fake_target, INPUT_SHAPE, out, "resnet18",
-                        ProfileConfig(levels=3, runs=1, validate=1, progress=False))
+                        ProfileConfig(levels=3, runs=1, validate=1, calibrate=6, progress=False))
     return model, table, importances(model, INPUT_SHAPE)
 
 

@@ -127,7 +127,7 @@ def test_no_command_exits_2(cli, work):
 
 # --- bad input: exit 2, one line, nothing created ------------------------------------------------
 
-PRUNE = ["prune", "--out", "out", "--epochs", "0", "--baseline-epochs", "0", "--profiles-dir", "profs"]
+PRUNE = ["prune", "--out", "out", "--epochs", "0", "--baseline-epochs", "0", "--profiles-dir", "profs", "--calibrate", "6"]
 
 
 def prune_args(model, *extra):

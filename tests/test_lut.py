@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import INPUT_SHAPE
+from edgeprune.calibration import Calibration
 from edgeprune.errors import UsageError
 from edgeprune.lut import LatencyTable, LayerEntry, TableError, interpolate
 from edgeprune.loop import measure_model
@@ -80,7 +81,7 @@ def small_table(**meta) -> LatencyTable:
         "mid": LayerEntry(["a", "b"], [[8, 16], [8, 32]], [[0.2, 0.5], [0.4, 1.0]]),
         "head": LayerEntry([], [], 0.05),
     }
-    return LatencyTable(meta, {"a": 16, "b": 32}, layers, overhead_ms=0.01, scale=2.0, offset_ms=0.1,
+    return LatencyTable(meta, {"a": 16, "b": 32}, layers, overhead_ms=0.01, calibration=Calibration(scale=2.0, offset_ms=0.1),
                         error=TableError.from_pairs([1.0, 2.0], [1.05, 2.0]))
 
 
@@ -103,11 +104,13 @@ def test_table_error_from_pairs():
 
 def test_round_trip_is_atomic_and_digest_stable(tmp_path):
     t = small_table()
+    t.calibration = Calibration(2.0, 0.1, 16, {"a": -0.05}, {"b": 0.02}, ridge=1.0, loo_rmspe=0.03)
     out = tmp_path / "sub" / "t.json"
     assert t.save(out) == out and t.path == out
     assert sorted(p.name for p in out.parent.iterdir()) == ["t.json"]  # no temp file left
     loaded = LatencyTable.load(out)
     assert loaded.to_dict() == t.to_dict()
+    assert loaded.calibration == t.calibration
     assert loaded.digest == t.digest
     assert loaded.path == out
     assert loaded.predict({"a": 12, "b": 20}) == pytest.approx(t.predict({"a": 12, "b": 20}))

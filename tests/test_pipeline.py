@@ -23,7 +23,7 @@ def pruned_run(tmp_path_factory):
     out = base / "run"
     r = run_cli(["prune", "tiny_resnet", "--data", "digits", "--input-size", "32", "--budget-ms", budget,
                  "--min-ratio", "0.125", "--epochs", "2", "--baseline-epochs", "4", "--out", out,
-                 "--profiles-dir", base / "profiles"], cwd=base, timeout=600)
+                 "--profiles-dir", base / "profiles", "--calibrate", "10"], cwd=base, timeout=600)
     return {"result": r, "out": out, "budget": budget, "unpruned_ms": unpruned_ms, "base": base}
 
 

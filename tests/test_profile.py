@@ -154,13 +154,13 @@ def test_rebuild_is_deterministic_on_the_fake_target(tiny_table, tiny_model, fak
     again = build_table(tiny_model, fake_target, INPUT_SHAPE, tmp_path / "t.json", "tiny_resnet",
                         ProfileConfig(**TINY_PROFILE))
     assert again.layers == tiny_table.layers
-    assert again.scale == tiny_table.scale and again.offset_ms == tiny_table.offset_ms
+    assert again.calibration == tiny_table.calibration
 
 
 def test_build_table_without_validation(tiny_model, fake_target, tmp_path):
     # `edgeprune profile --validate 0` is accepted by the CLI: the table must still be written
     table = build_table(tiny_model, fake_target, INPUT_SHAPE, tmp_path / "t.json", "tiny_resnet",
-                        ProfileConfig(levels=3, runs=1, validate=0, progress=False))
+                        ProfileConfig(levels=3, runs=1, validate=0, calibrate=4, progress=False))
     assert table.error.n == 0
     assert (tmp_path / "t.json").exists()
     assert math.isfinite(table.predict({}))
@@ -172,7 +172,7 @@ def test_build_table_with_a_group_no_wider_than_round_to(fake_target, tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
     table = build_table(net, fake_target, INPUT_SHAPE, tmp_path / "t.json", "net",
-                        ProfileConfig(levels=3, runs=1, validate=2, progress=False))
+                        ProfileConfig(levels=3, runs=1, validate=2, calibrate=4, progress=False))
     assert math.isfinite(table.predict({}))
     assert math.isfinite(table.predict({"2": 16}))
     assert table.predict({"2": 16}) < table.predict({})
@@ -183,7 +183,7 @@ def test_ort_table_records_measurement_conditions(tiny_model, tmp_path):
     from edgeprune.targets import get_target
     target = get_target("ort-cpu")
     table = build_table(tiny_model, target, INPUT_SHAPE, tmp_path / "t.json", "tiny_resnet",
-                        ProfileConfig(levels=3, runs=2, validate=2, progress=False))
+                        ProfileConfig(levels=3, runs=2, validate=2, calibrate=8, progress=False))
     meta = table.meta
     assert meta["runtime"] == "onnxruntime"
     assert meta["runtime_version"] == onnxruntime.__version__

@@ -9,7 +9,7 @@ from edgeprune.errors import UsageError
 from edgeprune.profile import ProfileConfig
 from edgeprune.session import Session, SessionConfig
 
-QUICK = ProfileConfig(levels=3, runs=2, validate=2, progress=False)
+QUICK = ProfileConfig(levels=3, runs=2, validate=2, calibrate=6, progress=False)
 
 
 def open_session(fake_target_file, tmp_path, **kw):

@@ -1,0 +1,117 @@
+"""Latency-table fitting study: collect the raw measurements once, then compare ways of
+turning them into predictions on random configurations measured twice (the second pass gives
+the measurement noise floor that no table can beat).
+
+    python tools/table_study.py collect --model resnet18 --input-size 32 --random 120 --out runs/study/r18-32.json
+    python tools/table_study.py analyse runs/study/r18-32.json --train 10 30 60
+
+``analyse`` fits on the first N random configurations (minimum of the two passes) and
+predicts the others, three ways: the noise floor (pass A against pass B), the profiler sum
+with scale and offset only, and edgeprune's calibration (scale, offset and per-group terms).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def collect(args) -> None:
+    import torch
+    from edgeprune.groups import analyse
+    from edgeprune.models import build_model
+    from edgeprune.profile import Exporter, ProfileConfig, colour_groups, level_grid, profile_config, random_widths
+    from edgeprune.targets import get_target
+    torch.set_num_threads(1)
+    target = get_target(args.target)
+    shape = (1, 3, args.input_size, args.input_size)
+    model = build_model(args.model, num_classes=10, in_channels=3).eval()
+    structure = analyse(model, shape)
+    cfg = ProfileConfig(levels=args.levels, progress=False)
+    levels = level_grid(structure, cfg)
+    m = len(next(iter(levels.values())))
+    colours = colour_groups(structure, m)
+    design = [{g: levels[g][(i + j * colours[g]) % m] for g in levels} for j in range(m) for i in range(m)]
+    rng = np.random.default_rng(args.seed)
+    rand = [random_widths(structure, cfg, rng) for _ in range(args.random)]
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        files = Exporter(model, shape, Path(work))
+        samples = [profile_config(files, target, w, cfg.runs) for w in design]
+        t_prof = time.time() - t0
+        e2e_design = files.measure(target, design)
+        t1 = time.time()
+        pass_a = files.measure(target, rand)
+        t_rand = time.time() - t1
+        order = list(range(len(rand)))[::-1]
+        pass_b_rev = files.measure(target, [rand[i] for i in order])
+        pass_b = [0.0] * len(rand)
+        for k, i in enumerate(order):
+            pass_b[i] = pass_b_rev[k]
+    data = {"model": args.model, "input_size": args.input_size, "levels": levels,
+            "groups": {g.name: g.channels for g in structure.groups.values()},
+            "layers": {l.name: l.axes for l in structure.layers.values()},
+            "design": [{**s, "e2e_ms": e} for s, e in zip(samples, e2e_design)],
+            "random": [{"widths": w, "a_ms": a, "b_ms": b} for w, a, b in zip(rand, pass_a, pass_b)],
+            "seconds": {"profile": round(t_prof, 1), "random_pass": round(t_rand, 1)}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(data))
+    print(json.dumps(data["seconds"]))
+
+
+def error(pred, meas) -> str:
+    rel = (np.asarray(pred) - np.asarray(meas)) / np.asarray(meas)
+    return f"within ±10% {np.mean(np.abs(rel) <= 0.1):4.0%}  RMSPE {np.sqrt(np.mean(rel ** 2)):5.1%}"
+
+
+def analyse(path: str, train_sizes: list[int]) -> None:
+    from edgeprune.calibration import Calibration, fit
+    from edgeprune.lut import LatencyTable
+    from edgeprune.profile import layer_entry
+    d = json.loads(Path(path).read_text())
+    groups, rand = d["groups"], d["random"]
+    entries = {n: layer_entry(n, axes, d["levels"], d["design"]) for n, axes in d["layers"].items()}
+    table = LatencyTable({}, groups, entries, 0.0)
+    widths = [r["widths"] for r in rand]
+    raw = [table.raw({**groups, **w}) for w in widths]
+    a, b = np.array([r["a_ms"] for r in rand]), np.array([r["b_ms"] for r in rand])
+    meas = np.minimum(a, b)
+    print(f"{path}: {d['model']} {d['input_size']} px, {len(groups)} groups, {len(rand)} random configurations")
+    print(f"  noise floor (pass A vs pass B)            {error(a, b)}")
+    for n in train_sizes:
+        test = slice(n, None)
+        plain = fit(raw[:n], widths[:n], meas[:n], {}, align=1)  # no groups: scale and offset only
+        full = fit(raw[:n], widths[:n], meas[:n], groups)
+        for name, cal in (("scale+offset", plain), ("calibration", full)):
+            pred = [Calibration.total_ms(cal, r, w, groups) for r, w in zip(raw[test], widths[test])]
+            print(f"  fit on {n:3d}, {name:<14} ({len(rand) - n:3d} tested) {error(pred, meas[test])}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--model", default="resnet18")
+    c.add_argument("--target", default="ort-cpu")
+    c.add_argument("--input-size", type=int, default=32)
+    c.add_argument("--levels", type=int, default=5)
+    c.add_argument("--random", type=int, default=120)
+    c.add_argument("--seed", type=int, default=7)
+    c.add_argument("--out", required=True)
+    a = sub.add_parser("analyse")
+    a.add_argument("files", nargs="+")
+    a.add_argument("--train", nargs="+", type=int, default=[10, 30, 60])
+    args = p.parse_args()
+    if args.cmd == "collect":
+        collect(args)
+    else:
+        for f in args.files:
+            analyse(f, args.train)
+
+
+if __name__ == "__main__":
+    main()
