@@ -32,9 +32,12 @@ def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None 
             weights: str | None = None) -> Latency:
     """End-to-end latency of a model name/factory or an ONNX file on ``target``."""
     from .targets import get_target
-    if model_or_onnx.endswith(".onnx"):
+    if model_or_onnx.endswith((".onnx", ".ort", ".xml")):  # a file: ONNX, ORT format, OpenVINO IR
         from .export import check_onnx
-        check_onnx(model_or_onnx)
+        if model_or_onnx.endswith(".onnx"):
+            check_onnx(model_or_onnx)
+        elif not Path(model_or_onnx).is_file():
+            raise UsageError(f"{model_or_onnx} does not exist")
         return get_target(target).measure(model_or_onnx)
     from .loop import measure_model
     s = Session.open(SessionConfig(model=model_or_onnx, target=target, input_size=input_size, weights=weights))
@@ -81,3 +84,32 @@ def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | No
         if weights:
             load_weights(model_, weights)
     return export_artifact(model_, kind, out, s.input_shape, {"model": model, "target": s.spec.name})
+
+
+def check(artifact: str | None = None, target: str | None = None, baseline: str | None = None,
+          tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
+          allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None) -> list:
+    """Check an artifact's latency on ``target`` against its baseline and budget (``update``:
+    write the baseline instead), or every check of a ``deploy`` file. Returns one
+    ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
+    A single check's bad input raises UsageError; in a deploy file it becomes that check's error."""
+    from .check import DEFAULT_TOLERANCE, CheckResult, run_check
+    from .errors import EdgepruneError
+    if (artifact is None) == (deploy is None):
+        raise UsageError("give either an artifact or a deploy file (--all), not both or neither")
+    if deploy is None:
+        return [run_check(artifact, target, baseline, DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                          budget_ms, update, allow_mismatch, confirm)]
+    if target or baseline or budget_ms is not None:
+        raise UsageError("--target, --baseline and --budget-ms belong in the deploy file's checks, not with --all")
+    from .deploy import load_deploy
+    results = []
+    for c in load_deploy(deploy):
+        tol = c.tolerance if c.tolerance is not None else tolerance
+        try:
+            results.append(run_check(c.artifact, c.target, c.baseline, DEFAULT_TOLERANCE if tol is None else tol,
+                                     c.budget_ms, update, allow_mismatch, confirm, budget_source="deploy file",
+                                     baseline_root=Path(deploy).parent / "profiles"))
+        except EdgepruneError as e:
+            results.append(CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(e)]))
+    return results

@@ -115,6 +115,18 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_check(a) -> int:
+    from .api import check
+    from .check import exit_code, junit_cases, render, to_json
+    results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
+                    a.allow_mismatch, not a.no_confirm, deploy=a.all)
+    if a.junit:
+        from .junit import write
+        write(junit_cases(results), a.junit, suite="edgeprune check")
+    print(json.dumps(to_json(results), indent=2) if a.json else render(results))
+    return exit_code(results)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeprune", description="Prune CNNs to a measured latency budget.")
     sub = p.add_subparsers(title="commands")
@@ -185,9 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("export", cmd_export, "export a (pruned) model as a validated device artifact")
     common(c)
-    c.add_argument("--format", default="onnx", help="onnx, ort (openvino, tensorrt: later)")
+    c.add_argument("--format", default="onnx", help="onnx, ort, openvino (FP32 IR), openvino-fp16 (tensorrt: later)")
     c.add_argument("--run", help="a prune output directory: export its pruned model")
     c.add_argument("--out", required=True)
+
+    c = cmd("check", cmd_check, "re-measure an artifact and fail on a latency regression or budget excess "
+            "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input)")
+    c.add_argument("artifact", nargs="?", help="ONNX (or .ort) file to check")
+    c.add_argument("--all", metavar="DEPLOY_FILE", help="check every artifact x target of a deploy file")
+    c.add_argument("--target", help="target name or YAML path (default: the artifact's, else ort-cpu)")
+    c.add_argument("--baseline", help="baseline file (default profiles/TARGET/baseline-STEM.json)")
+    c.add_argument("--tolerance", type=float, help="slowdown tolerated as a fraction (default 0.05)")
+    c.add_argument("--budget-ms", type=float, help="budget (default: the target file's for the model)")
+    c.add_argument("--update", action="store_true", help="measure and (over)write the baseline")
+    c.add_argument("--allow-mismatch", action="store_true",
+                   help="compare with a baseline from another runtime version or device anyway")
+    c.add_argument("--no-confirm", action="store_true", help="do not re-measure to confirm a failure")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     return p
 
 

@@ -6,8 +6,12 @@ lands at ``path`` is one whose outputs matched. Anything else leaves no file beh
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,12 +20,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import EdgepruneError, UsageError, unknown
-from .onnxio import atomic_path, export_onnx
+from .errors import EdgepruneError, MissingBackend, UsageError, unknown
+from .onnxio import export_onnx
 
 ORT_MAGIC = b"ORTM"  # bytes 4..8 of an ORT-format (flatbuffer) file
 VALIDATION_INPUTS = 3
 VALIDATION_SEED = 0
+IR_METADATA = "edgeprune"  # the OpenVINO IR rt_info section holding the metadata
+FP32_TOLERANCE = (1e-4, 1e-3)  # (atol, rtol) against PyTorch
+FP16_TOLERANCE = (1e-2, 1e-2)  # FP16 weights: each rounded to 11 significant bits
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class ArtifactKind:
     package: str | None
     extra: str | None
     description: str
+    companions: tuple[str, ...] = ()  # suffixes of files that go with it (the IR's .bin)
+    tolerance: tuple[float, float] = FP32_TOLERANCE  # default (atol, rtol) of its validation
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,12 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
                  "ONNX model (opset 17), validated with ONNX Runtime"),
     ArtifactKind("ort", ".ort", ("ort", "ort_format"), False, "onnxruntime", None,
                  "ONNX Runtime mobile format (pre-optimised flatbuffer, portable: no NCHWc)"),
-    ArtifactKind("openvino", ".xml", ("ir", "openvino_ir"), False, "openvino", "openvino",
-                 "OpenVINO IR (.xml + .bin)"),
+    ArtifactKind("openvino", ".xml", ("ir", "openvino_ir", "openvino-fp32", "openvino_fp32", "ir-fp32"),
+                 False, "openvino", "openvino",
+                 "OpenVINO IR (.xml + .bin), FP32 weights, validated with OpenVINO CPU", (".bin",)),
+    ArtifactKind("openvino-fp16", ".xml", ("openvino_fp16", "ir-fp16", "ir_fp16"), False, "openvino",
+                 "openvino", "OpenVINO IR (.xml + .bin), weights compressed to FP16 (half the size; "
+                 "the device computes at its own inference precision)", (".bin",), FP16_TOLERANCE),
     ArtifactKind("tensorrt", ".plan", ("trt", "engine"), True, "tensorrt", "tensorrt",
                  "TensorRT serialized engine, built for the GPU it runs on"),
 )}
@@ -78,25 +91,35 @@ def _to_onnx(onnx_file: Path, out: Path) -> None:
 
 
 def _to_ort(onnx_file: Path, out: Path) -> None:
-    """Same recipe as onnxruntime.tools.convert_onnx_models_to_ort (level 'all', no NCHWc)."""
-    import onnxruntime as ort
-
-    so = _session_options()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(out)
-    so.add_session_config_entry("session.save_model_format", "ORT")
-    so.add_session_config_entry("session.qdqisint8allowed", "0")
-    ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=["NchwcTransformer"])
+    from .targets.ort import to_ort_format
+    to_ort_format(onnx_file, out)
 
 
-_CONVERTERS: dict[str, Callable[[Path, Path], None]] = {"onnx": _to_onnx, "ort": _to_ort}
+def _to_openvino(onnx_file: Path, out: Path, fp16: bool) -> None:
+    """``openvino.convert_model`` from the ONNX file, its metadata copied into the IR's rt_info
+    (section ``edgeprune``), saved with FP16 compression chosen explicitly: ``save_model``
+    compresses to FP16 unless told not to."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_file))
+    for key, value in read_metadata(onnx_file).items():
+        model.set_rt_info(value, [IR_METADATA, key])
+    ov.save_model(model, str(out), compress_to_fp16=fp16)
+
+
+_CONVERTERS: dict[str, Callable[[Path, Path], None]] = {
+    "onnx": _to_onnx, "ort": _to_ort,
+    "openvino": functools.partial(_to_openvino, fp16=False),
+    "openvino-fp16": functools.partial(_to_openvino, fp16=True),
+}
 
 
 def _converter(kind: ArtifactKind) -> Callable[[Path, Path], None]:
     """The kind's function, refused before any work when it cannot run here."""
     if kind.name not in _CONVERTERS:
         raise UsageError(f"export kind {kind.name} is not implemented yet")
+    if kind.package and importlib.util.find_spec(kind.package) is None:
+        raise MissingBackend(kind.package, kind.extra, what=f"export format {kind.name}")
     return _CONVERTERS[kind.name]
 
 
@@ -104,26 +127,39 @@ def _converter(kind: ArtifactKind) -> Callable[[Path, Path], None]:
 
 def export_artifact(model: nn.Module, kind: str, path: str | os.PathLike,
                     input_shape: tuple[int, ...], metadata: dict[str, object] | None = None,
-                    atol: float = 1e-4, rtol: float = 1e-3) -> ExportResult:
-    """Export, embed metadata, validate against PyTorch, then rename into place."""
+                    atol: float | None = None, rtol: float | None = None) -> ExportResult:
+    """Export, embed metadata, validate against PyTorch, then rename into place.
+
+    Everything is written in a hidden work directory beside ``path`` and moved out only once
+    validated (an IR's .bin first, then the .xml that names it); the tolerances default to the
+    kind's."""
     k = resolve_kind(kind)
     convert = _converter(k)
-    final, tmp = atomic_path(path)
-    _, onnx_tmp = atomic_path(final.with_name(final.name + ".onnx"))
+    atol = k.tolerance[0] if atol is None else atol
+    rtol = k.tolerance[1] if rtol is None else rtol
+    final = Path(path)
+    if k.companions and final.suffix != k.suffix:
+        raise UsageError(f"{k.name} export path must end in {k.suffix} (its "
+                         f"{', '.join(k.companions)} goes beside it), got {final.name}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        export_onnx(model, input_shape, onnx_tmp)
+        onnx_tmp = export_onnx(model, input_shape, work / "source" / "model.onnx")
         write_metadata(onnx_tmp, {**(metadata or {}), "edgeprune_version": _version()})
+        tmp = work / final.name
         convert(onnx_tmp, tmp)
         abs_diff, rel_diff, ok = validate(model, tmp, input_shape, atol, rtol)
         if not ok:
             raise EdgepruneError(
                 f"{k.name} export does not match PyTorch: max abs diff {abs_diff:.3g}, max rel "
                 f"diff {rel_diff:.3g} (atol {atol:g}, rtol {rtol:g}); nothing written to {final}")
+        for suffix in k.companions:
+            os.replace(tmp.with_suffix(suffix), final.with_suffix(suffix))
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
-        onnx_tmp.unlink(missing_ok=True)
-    return ExportResult(final, k.name, abs_diff, rel_diff, ok, final.stat().st_size)
+        shutil.rmtree(work, ignore_errors=True)
+    size = final.stat().st_size + sum(final.with_suffix(s).stat().st_size for s in k.companions)
+    return ExportResult(final, k.name, abs_diff, rel_diff, ok, size)
 
 
 def validate(model: nn.Module, artifact: Path, input_shape: tuple[int, ...],
@@ -131,12 +167,11 @@ def validate(model: nn.Module, artifact: Path, input_shape: tuple[int, ...],
     """(max abs diff, max rel diff, allclose) over a few seeded random inputs."""
     gen = torch.Generator().manual_seed(VALIDATION_SEED)
     inputs = [torch.randn(*input_shape, generator=gen) for _ in range(VALIDATION_INPUTS)]
-    session = _session(artifact)
-    name = session.get_inputs()[0].name
+    run = _runner(Path(artifact))
     abs_diff = rel_diff = 0.0
     ok = True
     for x in inputs:
-        got = session.run(None, {name: x.numpy()})
+        got = run(x.numpy())
         want = _torch_outputs(model, x)
         shapes = [g.shape for g in got], [w.shape for w in want]
         if shapes[0] != shapes[1]:
@@ -147,6 +182,35 @@ def validate(model: nn.Module, artifact: Path, input_shape: tuple[int, ...],
             rel_diff = max(rel_diff, float((err / np.maximum(np.abs(w), 1e-12)).max(initial=0.0)))
             ok = ok and bool(np.all(err <= atol + rtol * np.abs(w)))
     return abs_diff, rel_diff, ok
+
+
+def _runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Run an artifact on CPU: an OpenVINO IR (.xml) with OpenVINO, anything else with ORT."""
+    if path.suffix == ".xml":
+        return _openvino_runner(path)
+    session = _session(path)
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def _openvino_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The IR compiled for OpenVINO's CPU at FP32 inference precision (its default is BF16 on
+    CPUs that have it), so validation sees the artifact's own error, FP16 weights included."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
+    except RuntimeError as e:
+        from .targets.openvino import ov_message
+        raise UsageError(f"{path.name} is not a valid OpenVINO IR: {ov_message(e)}") from None
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        out = request.infer({0: x})
+        return [np.array(out[o]) for o in compiled.outputs]
+    return run
 
 
 def _torch_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
@@ -186,11 +250,28 @@ def write_metadata(onnx_path: str | os.PathLike, metadata: dict[str, object]) ->
 
 
 def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """The artifact's metadata_props (ONNX or ORT format)."""
+    """The artifact's metadata: metadata_props (ONNX or ORT format), or the ``edgeprune``
+    section of an OpenVINO IR's rt_info."""
     path = Path(onnx_path)
+    if path.suffix == ".xml":
+        return read_ir_metadata(path)
     if _is_ort_format(path):
         return dict(_session(path).get_modelmeta().custom_metadata_map)
     return {p.key: p.value for p in check_onnx(path).metadata_props}
+
+
+def read_ir_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``edgeprune`` rt_info section of an OpenVINO IR (.xml, its .bin beside it)."""
+    import openvino as ov
+
+    try:
+        info = ov.Core().read_model(str(path)).get_rt_info()
+    except RuntimeError as e:
+        from .targets.openvino import ov_message
+        raise UsageError(f"{path} is not a valid OpenVINO IR: {ov_message(e)}") from None
+    if IR_METADATA not in info:
+        return {}
+    return {str(k): v.astype(str) for k, v in info[IR_METADATA].items()}
 
 
 def check_onnx(path: str | os.PathLike):

@@ -20,8 +20,8 @@ from .errors import UsageError
 from .onnxio import atomic_path
 
 SCHEMA_VERSION = 2  # 2: per-group calibration terms
-MATCH_KEYS = ("runtime", "runtime_version", "device", "threads", "precision", "host_cpu",
-              "host_isa", "host_cores", "input_shape", "model_signature", "schema")
+MATCH_KEYS = ("runtime", "runtime_version", "device", "device_name", "provider", "model_format", "threads", "precision",
+              "host_cpu", "host_isa", "host_cores", "input_shape", "model_signature", "schema")
 
 
 @dataclass

@@ -12,4 +12,5 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 # torch and torchvision as a pair that imports together (see ../shared/FACTS.md)
 python3 -m pip install -q torch==2.14.1 torchvision==0.29.1
-python3 -m pip install -q -e ".[dev]"
+# openvino: the openvino-cpu target and IR export are tested on its real CPU plugin
+python3 -m pip install -q -e ".[dev,openvino]"

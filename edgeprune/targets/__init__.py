@@ -13,6 +13,7 @@ from .base import Compiled, NodeTime, Target
 
 RUNTIMES: dict[str, str] = {
     "onnxruntime": "edgeprune.targets.ort:OrtTarget",
+    "openvino": "edgeprune.targets.openvino:OpenVinoTarget",
     "fake": "edgeprune.targets.fake:FakeTarget",
 }
 

@@ -82,6 +82,12 @@ class Target(ABC):
                 "precision": self.spec.precision, **host_fingerprint()}
 
 
+# CPU features that select different kernels in the runtimes (OpenVINO runs BF16 by default
+# where avx512_bf16/AMX exist; MLAS blocks NCHWc by 16 with AVX-512, by 8 with AVX2)
+ISA_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "asimdhp", "sve"}
+
+
 def host_fingerprint() -> dict:
     """CPU model, ISA features that change kernels, and core count of this host."""
     cpu, flags = platform.processor() or "", set()
@@ -96,7 +102,7 @@ def host_fingerprint() -> dict:
                 break
     except OSError:
         pass
-    isa = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "fma", "neon", "asimd"})
+    isa = sorted(f for f in flags if f in ISA_FLAGS)
     return {"host_cpu": cpu or platform.machine(), "host_isa": isa, "host_cores": os.cpu_count(),
             "host_arch": platform.machine()}
 

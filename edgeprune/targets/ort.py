@@ -1,24 +1,34 @@
 """ONNX Runtime (CPU execution provider by default). Per-layer times come from ORT's own
-profiler: one ``kernel_time`` event per node per run, named after the fused node."""
+profiler: one ``kernel_time`` event per node per run, named after the fused node.
+
+Target options (``options:`` in the target file):
+  format: onnx | ort   ``ort`` measures the model converted to ONNX Runtime Mobile's ORT format
+                       (optimised without the x86-only NCHWc layouts, as a phone runs it)
+  fallback: cpu        the provider to use when ``device``'s is missing from this onnxruntime
+                       (said once on stderr and recorded in the table's fingerprint)
+"""
 from __future__ import annotations
 
 import bisect
 import json
 import os
 import statistics
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from ..timing import pinned
 from .base import Compiled, NodeTime, Target, example_input
 
 SUFFIXES = ("_kernel_time", "_nchwc")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "xnnpack": "XnnpackExecutionProvider"}
+OPTIONS = {"format": ("onnx", "ort"), "fallback": tuple(PROVIDERS)}
+_warned: set[str] = set()
 
 
 class OrtCompiled(Compiled):
@@ -35,9 +45,39 @@ class OrtTarget(Target):
     runtime = "onnxruntime"
     package = "onnxruntime"
 
+    def __init__(self, spec):
+        super().__init__(spec)
+        for key, value in spec.options.items():
+            if key not in OPTIONS:
+                raise unknown(f"onnxruntime option in target {spec.name!r}:", key, OPTIONS)
+            if value not in OPTIONS[key]:
+                raise UsageError(f"target {spec.name!r}: option {key} must be one of "
+                                 f"{', '.join(OPTIONS[key])}, got {value!r}")
+        self.format = spec.options.get("format", "onnx")
+
     def runtime_version(self) -> str:
         import onnxruntime
         return onnxruntime.__version__
+
+    def provider(self) -> str:
+        """The execution provider runs use: the device's, else the target's fallback (said once)."""
+        import onnxruntime as ort
+        available = ort.get_available_providers()
+        wanted = PROVIDERS.get(self.spec.device, self.spec.device)
+        if wanted in available:
+            return wanted
+        fallback = self.spec.options.get("fallback")
+        if not fallback:
+            raise UsageError(f"onnxruntime here has no {wanted} (device {self.spec.device!r}); "
+                             f"available: {', '.join(available)}")
+        if self.spec.name not in _warned:
+            _warned.add(self.spec.name)
+            print(f"edgeprune: onnxruntime {ort.__version__} here has no {wanted}; target "
+                  f"{self.spec.name!r} measures with its fallback {PROVIDERS[fallback]}", file=sys.stderr)
+        return PROVIDERS[fallback]
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "provider": self.provider(), "model_format": self.format}
 
     def _options(self, profile_prefix: str | None = None):
         import onnxruntime as ort
@@ -53,13 +93,18 @@ class OrtTarget(Target):
         return so
 
     def _session(self, onnx_path, profile_prefix=None):
+        """A session on the model as the device runs it. In ORT format the per-layer profile is
+        taken on the ONNX with the same optimisations (NCHWc off), whose node names map back to
+        modules; timing runs load the converted .ort file itself."""
         import onnxruntime as ort
-        provider = PROVIDERS.get(self.spec.device, self.spec.device)
-        if provider not in ort.get_available_providers():
-            raise UsageError(f"onnxruntime here has no {provider} (device {self.spec.device!r}); "
-                             f"available: {', '.join(ort.get_available_providers())}")
+        provider = self.provider()
+        disabled = ["NchwcTransformer"] if self.format == "ort" else []
+        convert = self.format == "ort" and not profile_prefix and not str(onnx_path).endswith(".ort")
         try:
-            return ort.InferenceSession(str(onnx_path), self._options(profile_prefix), providers=[provider])
+            with tempfile.TemporaryDirectory() as tmp:  # the session keeps its own copy
+                path = to_ort_format(onnx_path, Path(tmp) / "model.ort") if convert else onnx_path
+                return ort.InferenceSession(str(path), self._options(profile_prefix), providers=[provider],
+                                            disabled_optimizers=disabled)
         except Exception as e:  # ORT raises its own exception types for bad files
             raise UsageError(f"onnxruntime cannot load {onnx_path}: {str(e).splitlines()[0]}") from None
 
@@ -80,6 +125,21 @@ class OrtTarget(Target):
             trace = Path(session.end_profiling())
             events = json.loads(trace.read_text())
         return parse_ort_profile(events, skip_runs=3)
+
+
+def to_ort_format(onnx_path, out) -> Path:
+    """ONNX -> ORT format, the recipe of onnxruntime.tools.convert_onnx_models_to_ort: all graph
+    optimisations except the x86-only NCHWc layouts, saved as a flatbuffer."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(out)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.add_session_config_entry("session.qdqisint8allowed", "0")
+    ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["NchwcTransformer"])
+    return Path(out)
 
 
 def parse_ort_profile(events: list[dict], skip_runs: int = 0) -> list[NodeTime]:

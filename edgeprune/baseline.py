@@ -1,0 +1,182 @@
+"""Performance baselines (what one artifact measured on one target, kept to test later runs
+against) and the other references a check compares with: the artifact's metadata and its budget.
+
+A baseline is a versioned JSON file (``profiles/TARGET/baseline-STEM.json`` by default, committed
+beside the latency tables). It keeps every window median of the measurement (the unit the
+regression statistics resample), the least-disturbed window's raw samples, the timing protocol
+used (a check repeats exactly that protocol), the target's fingerprint (runtime version, device,
+host CPU...) and the date. A baseline whose fingerprint differs from the target's is reported as
+incomparable, never silently compared.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import UsageError
+
+SCHEMA_VERSION = 1
+KIND = "edgeprune-baseline"
+# Conditions under which a latency measured elsewhere means the same thing here.
+COMPARE_KEYS = ("runtime", "runtime_version", "device", "threads", "precision", "host_cpu",
+                "host_isa", "host_cores", "host_arch")
+
+
+@dataclass
+class Baseline:
+    """One artifact's latency on one target, with everything needed to compare a later run."""
+
+    artifact: dict                 # path, name, sha256, size_bytes, model (from its metadata)
+    target: str
+    fingerprint: dict
+    timing: dict                   # the TimingSpec of each session; checks reuse it
+    latency: dict                  # latency_ms (the statistic), median/p90/p99/min, runs,
+    #                                window_medians_ms (all windows), samples_ms (best window)
+    sessions: int = 2              # sessions per measurement; checks reuse it
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    edgeprune_version: str = ""
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def windows(self) -> list[float]:
+        return [float(x) for x in self.latency["window_medians_ms"]]
+
+    def to_dict(self) -> dict:
+        return {"kind": KIND, **asdict(self)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from .onnxio import atomic_path
+        final, tmp = atomic_path(path)
+        try:
+            tmp.write_text(dumps(self.to_dict()))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Baseline":
+        """Read and validate a baseline file; anything unreadable is a one-line UsageError."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except OSError as e:
+            raise UsageError(f"cannot read baseline {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise UsageError(f"baseline {path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict) or d.get("kind") != KIND:
+            raise UsageError(f"{path} is not an edgeprune baseline file")
+        if d.get("schema") != SCHEMA_VERSION:
+            raise UsageError(f"baseline {path} has schema {d.get('schema')!r}; this edgeprune reads "
+                             f"schema {SCHEMA_VERSION}: re-create it with --update")
+        d.pop("kind")
+        try:
+            base = cls(**d)
+            windows = base.windows
+            float(base.latency["latency_ms"])
+            ok = (windows and min(windows) > 0 and isinstance(base.sessions, int) and base.sessions >= 1
+                  and isinstance(base.fingerprint, dict) and isinstance(base.timing, dict))
+        except (TypeError, KeyError, ValueError) as e:
+            raise UsageError(f"baseline {path} is malformed: {type(e).__name__}: {e}") from None
+        if not ok:
+            raise UsageError(f"baseline {path} is malformed: it needs positive window medians, "
+                             "a session count, a fingerprint and a timing block")
+        return base
+
+
+def record(path: Path, meta: dict, target: str, fingerprint: dict, timing: dict, sessions: int,
+           attempts: list, latency_ms: float) -> Baseline:
+    """A baseline from measurements (``check.Attempt``s) of the artifact at ``path``: all their
+    window medians pooled, the summary and raw samples of the least-disturbed window."""
+    from . import __version__
+    windows = [w for a in attempts for w in a.windows_ms]
+    best = min(attempts, key=lambda a: a.median_ms)
+    s = sorted(best.samples_ms) or [best.median_ms]
+    latency = {"latency_ms": round(latency_ms, 6), "median_ms": round(best.median_ms, 6),
+               "p90_ms": round(best.p90_ms, 6), "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 6),
+               "min_ms": round(s[0], 6), "runs": len(best.samples_ms),
+               "cpu_wait": [a.cpu_wait for a in attempts],
+               "window_medians_ms": [round(w, 6) for w in windows],
+               "samples_ms": [round(x, 6) for x in best.samples_ms]}
+    art = {"path": str(path), "name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size,
+           "model": meta.get("model")}
+    return Baseline(art, target, fingerprint, timing, latency, sessions=sessions, edgeprune_version=__version__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    ms: float
+    source: str
+
+
+def resolve_budget(budget_ms: float | None, spec, meta: dict, source: str | None = None) -> Budget | None:
+    """An explicit budget, else the target file's budget for the artifact's model, else the
+    budget the artifact was pruned to (when it was pruned for this target)."""
+    if budget_ms is not None:
+        if not budget_ms > 0:
+            raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+        return Budget(float(budget_ms), source or "--budget-ms")
+    model = meta.get("model")
+    if model and spec.budget_for(model) is not None:
+        return Budget(float(spec.budget_for(model)), f"target {spec.name} budgets_ms.{model}")
+    if meta.get("budget_ms") and meta.get("target") == spec.name:
+        try:
+            return Budget(float(json.loads(meta["budget_ms"])), "artifact metadata (its pruning budget)")
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def artifact_metadata(path: Path) -> dict:
+    """The artifact's embedded metadata; a missing or corrupt file is a UsageError."""
+    from .export import check_onnx, read_metadata
+    if not path.is_file():
+        raise UsageError(f"artifact {path} does not exist")
+    if path.suffix == ".onnx":
+        check_onnx(path)
+    try:
+        return read_metadata(path)
+    except UsageError:
+        raise
+    except Exception as e:  # ORT-format files are read by onnxruntime, which has its own errors
+        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def mismatches(baseline_fp: dict, here_fp: dict) -> dict[str, tuple]:
+    """{key: (baseline value, value here)} for every compared condition that differs."""
+    return {k: (baseline_fp.get(k), here_fp.get(k)) for k in COMPARE_KEYS
+            if k in baseline_fp and k in here_fp and _norm(baseline_fp[k]) != _norm(here_fp[k])}
+
+
+def describe_mismatch(diff: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: baseline {b!r}, here {h!r}" for k, (b, h) in diff.items())
+
+
+def default_path(target: str, artifact: str | os.PathLike, root: str | os.PathLike = "profiles") -> Path:
+    """``profiles/TARGET/baseline-STEM.json``: one baseline per (artifact, target)."""
+    target = Path(target).stem if target.endswith((".yaml", ".yml")) else target
+    return Path(root) / target / f"baseline-{Path(artifact).stem}.json"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dumps(d: dict) -> str:
+    """Indented JSON with number lists kept on one line: readable, and diff-friendly."""
+    text = json.dumps(d, indent=2, sort_keys=False)
+    return re.sub(r"\[\s*(-?[0-9][-0-9.eE+,\s]*?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def _norm(v):
+    return tuple(v) if isinstance(v, list) else v

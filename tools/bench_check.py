@@ -1,0 +1,189 @@
+"""Regression-check benchmark (issue 4): false alarms on an unchanged model, detection of a real
+planted 10% slowdown, and the time one ``edgeprune check`` takes, through the real command line.
+
+    python tools/bench_check.py --repeats 20 --out runs/bench_check          # the benchmark
+    python tools/bench_check.py --repeats 2 --slow-channels 16 --out /tmp/bc # a quick smoke run
+
+The model is ResNet-18 (random init) at 32 px exported by edgeprune. The slowed model is the same
+network plus a real extra branch on the input (two 3x3 convolutions with C channels, pooled and
+added to the logits with a small weight, so no runtime can drop it); C is tuned by bisection so
+that the two models' interleaved latency ratio is about 1.10, and the ratio actually reached is
+reported. Each baseline is recorded with ``check --update``; then unchanged and slowed checks
+alternate (order shuffled per pair, seeded). Checks pass ``--budget-ms 1000`` so only the
+regression statistic decides. False alarms are unchanged checks that exit 1 (a regression, or
+"inconclusive": too busy to confirm); detections are slowed checks that report a regression.
+Both are also given without the confirmation step (the first measurement's own verdict, from
+the same runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import edgeprune  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import numpy as np  # noqa: I001
+import torch
+import torch.nn as nn
+
+from edgeprune.check import check_timing, latency_of
+from edgeprune.export import export_artifact
+from edgeprune.models import build_model
+from edgeprune.targets import get_target
+
+
+class Slowed(nn.Module):
+    """``model`` plus real extra work on the input whose result reaches the output."""
+
+    def __init__(self, model: nn.Module, channels: int, classes: int = 10):
+        super().__init__()
+        self.model = model
+        self.extra = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
+
+    def forward(self, x):
+        return self.model(x) + 1e-3 * self.extra(x)
+
+
+def interleaved_ratio(target, base: Path, slow: Path, rounds: int = 1) -> float:
+    """Median over ``rounds`` of the slowed/base latency ratio, both measured interleaved."""
+    timing = check_timing(target.spec.timing)
+    ratios = []
+    for _ in range(rounds):
+        a, b = target.measure_many([base, slow], timing)
+        ratios.append(latency_of(b.window_medians_ms or (b.median_ms,)) / latency_of(a.window_medians_ms or (a.median_ms,)))
+    return float(statistics.median(ratios))
+
+
+def make_models(args, out: Path):
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=10).eval()
+    shape = (1, 3, args.input_size, args.input_size)
+    meta = {"model": args.model, "target": args.target}
+    base = export_artifact(model, "onnx", out / "base.onnx", shape, meta).path
+    target = get_target(args.target)
+
+    def slowed(channels: int) -> Path:
+        torch.manual_seed(1)
+        return export_artifact(Slowed(model, channels).eval(), "onnx", out / "slow.onnx", shape, meta).path
+
+    if args.slow_channels:
+        channels = args.slow_channels
+    else:  # bisection on the channel count for the wanted ratio (cost ~ channels^2)
+        lo, hi = 1, 128
+        for _ in range(args.tune_steps):
+            mid = (lo + hi) // 2
+            r = interleaved_ratio(target, base, slowed(mid))
+            print(f"tuning: {mid} channels -> ratio {r:.3f}", flush=True)
+            lo, hi = (mid, hi) if r < 1 + args.slowdown else (lo, mid)
+            if hi - lo <= 1:
+                break
+        channels = (lo + hi) // 2
+    slow = slowed(channels)
+    ratio = interleaved_ratio(target, base, slow, rounds=args.ratio_rounds)
+    print(f"slowed model: {channels} extra channels, interleaved ratio {ratio:.3f}", flush=True)
+    return base, slow, channels, ratio
+
+
+def run_check(args, artifact: Path, baseline: Path, update: bool = False) -> dict:
+    cmd = [sys.executable, "-m", "edgeprune.cli", "check", str(artifact), "--target", args.target,
+           "--baseline", str(baseline), "--budget-ms", "1000", "--tolerance", str(args.tolerance), "--json"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd + (["--update"] if update else []), capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode == 2 or not r.stdout.strip():
+        raise SystemExit(f"check failed to run: {r.stderr.strip()}")
+    c = json.loads(r.stdout)["checks"][0]
+    first = c["attempts"][0].get("comparison") or {}
+    return {"exit_code": r.returncode, "wall_s": round(seconds, 2), "check_s": c["seconds"],
+            "ratio": (c["comparison"] or {}).get("ratio"), "ci": (c["comparison"] or {}).get("ci"),
+            "first_ratio": first.get("ratio"), "first_flagged": bool(first.get("regression")),
+            "regression": c["regression"], "status": c["status"], "attempts": len(c["attempts"]),
+            "max_cpu_wait": max((a["cpu_wait"] or 0) for a in c["attempts"]), "latency_ms": c["latency_ms"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20, help="checks of each model (unchanged, slowed)")
+    p.add_argument("--baselines", type=int, default=2, help="baselines recorded, each used for a block of checks")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--target", default="ort-cpu")
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--slowdown", type=float, default=0.10, help="planted slowdown to tune for")
+    p.add_argument("--slow-channels", type=int, help="skip tuning: extra-branch channels")
+    p.add_argument("--tune-steps", type=int, default=7)
+    p.add_argument("--ratio-rounds", type=int, default=3, help="interleaved measurements of the final ratio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench_check")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base, slow, channels, planted = make_models(args, out)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    blocks = np.array_split(np.arange(args.repeats), max(1, min(args.baselines, args.repeats)))
+    for b, block in enumerate(blocks):
+        baseline = out / f"baseline-{b}.json"
+        upd = run_check(args, base, baseline, update=True)
+        print(f"baseline {b}: {upd['latency_ms']:.4f} ms, {upd['wall_s']} s", flush=True)
+        for i in block:
+            order = ["unchanged", "slowed"] if rng.random() < 0.5 else ["slowed", "unchanged"]
+            for kind in order:
+                row = {"kind": kind, "repeat": int(i), "baseline": b,
+                       **run_check(args, base if kind == "unchanged" else slow, baseline)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    (out / "checks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarise(rows, args, channels, planted)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary))
+    print(markdown(summary))
+
+
+def summarise(rows: list[dict], args, channels: int, planted: float) -> dict:
+    same = [r for r in rows if r["kind"] == "unchanged"]
+    slow = [r for r in rows if r["kind"] == "slowed"]
+    return {
+        "model": args.model, "input_size": args.input_size, "target": args.target, "tolerance": args.tolerance,
+        "repeats": args.repeats, "baselines": args.baselines, "slow_channels": channels,
+        "planted_ratio_interleaved": round(planted, 4),
+        "planted_ratio_median_check": round(statistics.median(r["ratio"] for r in slow), 4) if slow else None,
+        "false_alarm_rate": sum(r["exit_code"] == 1 for r in same) / len(same),
+        "false_alarm_rate_without_confirm": sum(r["first_flagged"] for r in same) / len(same),
+        "inconclusive_unchanged": sum(r["status"] == "inconclusive" for r in same),
+        "inconclusive_slowed": sum(r["status"] == "inconclusive" for r in slow),
+        "busy_checks": sum(r["max_cpu_wait"] > 0.05 for r in rows),
+        "detection_rate": sum(r["regression"] for r in slow) / len(slow),
+        "detection_rate_without_confirm": sum(r["first_flagged"] for r in slow) / len(slow),
+        "unchanged_ratio_range": [min(r["ratio"] for r in same), max(r["ratio"] for r in same)],
+        "check_wall_s_median": statistics.median(r["wall_s"] for r in rows),
+        "check_wall_s_unchanged_median": statistics.median(r["wall_s"] for r in same),
+        "check_wall_s_slowed_median": statistics.median(r["wall_s"] for r in slow),
+        "check_measure_s_median": statistics.median(r["check_s"] for r in rows),
+    }
+
+
+def markdown(s: dict) -> str:
+    return "\n".join([
+        "| checks | false alarms (goal ≤5%) | without confirm | planted slowdown (interleaved / median check) | "
+        "detected (goal ≥95%) | without confirm | one check: wall s (unchanged / slowed) | of which measuring s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {s['repeats']} + {s['repeats']} | {s['false_alarm_rate']:.0%} | {s['false_alarm_rate_without_confirm']:.0%} | "
+        f"{s['planted_ratio_interleaved']:.3f} / {s['planted_ratio_median_check']:.3f} | {s['detection_rate']:.0%} | "
+        f"{s['detection_rate_without_confirm']:.0%} | {s['check_wall_s_unchanged_median']:.1f} / "
+        f"{s['check_wall_s_slowed_median']:.1f} | {s['check_measure_s_median']:.1f} |",
+        "", f"unchanged model's ratios ranged {s['unchanged_ratio_range'][0]:.3f}–{s['unchanged_ratio_range'][1]:.3f}; "
+        f"tolerance {s['tolerance']:.0%}, {s['baselines']} baseline(s), slowed model: {s['slow_channels']} extra channels; "
+        f"inconclusive (machine busy): {s['inconclusive_unchanged']} unchanged, {s['inconclusive_slowed']} slowed; "
+        f"checks with a measurement waiting >5% for the CPU: {s['busy_checks']}.", ""])
+
+
+if __name__ == "__main__":
+    main()
