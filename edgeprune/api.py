@@ -86,6 +86,18 @@ def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | No
     return export_artifact(model_, kind, out, s.input_shape, {"model": model, "target": s.spec.name})
 
 
+def quantize(run: str | Path, target: str | None = None, data: str | None = None, data_root: str | None = None,
+             calibration_samples: int = 300, test_samples: int | None = None, preset: str = "performance",
+             seed: int = 0) -> dict:
+    """INT8 (NNCF, calibrated on ``calibration_samples`` training images) beside FP32 and FP16
+    IRs of a prune run's model: latency on the OpenVINO ``target`` measured interleaved,
+    accuracy/F1 on the test set, file size. Writes ``run``/model-int8.xml, precisions.json and
+    precisions.md; returns precisions.json's content."""
+    from .precisions import PrecisionJob, compare_precisions
+    return compare_precisions(PrecisionJob(Path(run), target, data, data_root, calibration_samples,
+                                           test_samples, preset, seed))
+
+
 def check(artifact: str | None = None, target: str | None = None, baseline: str | None = None,
           tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
           allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None) -> list:

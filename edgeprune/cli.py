@@ -115,6 +115,19 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_quantize(a) -> int:
+    from .api import quantize
+    from .precisions import render_markdown
+    r = quantize(a.run, a.target, a.data, a.data_root, a.calibration_samples, a.test_samples, a.preset, a.seed)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    run = Path(a.run)
+    print(render_markdown(r))
+    print(f"wrote {run / 'model-int8.xml'}, {run / 'precisions.json'}, {run / 'precisions.md'}")
+    return 0
+
+
 def cmd_check(a) -> int:
     from .api import check
     from .check import exit_code, junit_cases, render, to_json
@@ -200,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="onnx", help="onnx, ort, openvino (FP32 IR), openvino-fp16 (tensorrt: later)")
     c.add_argument("--run", help="a prune output directory: export its pruned model")
     c.add_argument("--out", required=True)
+
+    c = cmd("quantize", cmd_quantize, "INT8 post-training quantization (NNCF) of a prune run's model; FP32, "
+            "FP16 and INT8 latency (interleaved), accuracy and size on an OpenVINO target")
+    c.add_argument("--run", required=True, help="a prune output directory")
+    c.add_argument("--target", help="OpenVINO target (default: the run's own if OpenVINO, else openvino-cpu)")
+    c.add_argument("--data", help="dataset (default: the run's): digits, fashion-mnist, or an ImageFolder path")
+    c.add_argument("--data-root", help="Fashion-MNIST directory")
+    c.add_argument("--calibration-samples", type=int, default=300, help="training images to calibrate on")
+    c.add_argument("--test-samples", type=int, help="test images to evaluate on (default: all)")
+    c.add_argument("--preset", default="performance", choices=["performance", "mixed"],
+                   help="NNCF preset: symmetric (performance) or asymmetric (mixed) activations")
+    c.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("check", cmd_check, "re-measure an artifact and fail on a latency regression or budget excess "
             "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input)")

@@ -210,12 +210,12 @@ def _finetune(r: dict) -> list[str]:
 
 
 def _artifact(r: dict) -> list[str]:
-    a = r.get("artifact")
-    if not a:
+    found = [a for a in (r.get("artifact"), r.get("device_artifact")) if a]
+    if not found:
         return []
-    rows = [("path", fmt_text(a.get("path"))), ("kind", fmt_text(a.get("kind"))),
-            ("max abs diff vs PyTorch", fmt_float(a.get("max_abs_diff"), ".3g"))]
-    return _section("Artifact", md_table(("", "value"), rows))
+    rows = [(fmt_text(a.get("path")), fmt_text(a.get("kind")), fmt_float(a.get("max_abs_diff"), ".3g"))
+            for a in found]
+    return _section("Artifacts", md_table(("path", "kind", "max abs diff vs PyTorch"), rows))
 
 
 def _versions(r: dict) -> list[str]:

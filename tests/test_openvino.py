@@ -254,3 +254,9 @@ def test_corrupt_ir_metadata_is_a_usage_error(tmp_path):
     bad.write_text("<net>")
     with pytest.raises(UsageError, match="bad.xml is not a valid OpenVINO IR: "):
         read_metadata(bad)
+
+
+def test_openvino_targets_deploy_their_precision_as_ir():
+    assert get_target("openvino-cpu").artifact_kind() == "openvino"
+    spec = load_spec("openvino-cpu").model_copy(update={"precision": "fp16"})
+    assert get_target(spec).artifact_kind() == "openvino-fp16"

@@ -69,6 +69,10 @@ def test_prune_meets_a_measured_budget_on_openvino(ov_run):
     for key in ("accuracy_before", "accuracy_after"):
         assert isinstance(report[key], float) and 0 <= report[key] <= 1
     assert report["table"]["path"] == str(ov_run["table"])  # the profiled table, reused
+    # the target's own format is delivered beside the ONNX, validated against PyTorch
+    assert report["device_artifact"]["kind"] == "openvino"
+    assert (out / "model.xml").exists() and (out / "model.bin").exists()
+    assert report["device_artifact"]["max_abs_diff"] < 1e-3
 
 
 def test_pruned_model_exports_as_a_validated_ir(ov_run):

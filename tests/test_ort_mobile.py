@@ -35,6 +35,11 @@ def test_shipped_file_measures_the_ort_format_graph(capsys):
         assert "no XnnpackExecutionProvider" in capsys.readouterr().err
 
 
+def test_each_target_names_the_format_it_deploys():
+    assert get_target("ort-cpu").artifact_kind() == "onnx"
+    assert get_target("ort-mobile").artifact_kind() == "ort"
+
+
 def test_without_fallback_a_missing_provider_is_one_clear_error():
     if HAS_XNNPACK:
         pytest.skip("this onnxruntime has XNNPACK: nothing is missing")

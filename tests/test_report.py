@@ -38,6 +38,13 @@ FULL = {
 }
 
 
+def test_device_artifact_is_listed_beside_the_onnx():
+    md = render_markdown({**FULL, "device_artifact": {"path": "out/model.xml", "kind": "openvino",
+                                                      "max_abs_diff": 1.5e-6}})
+    assert "| out/model.onnx | onnx | 2.3e-06 |" in md
+    assert "| out/model.xml | openvino | 1.5e-06 |" in md
+
+
 def test_full_report_renders_every_section():
     md = render_markdown(FULL)
     assert md.startswith("# edgeprune report: resnet18 on ort-cpu")

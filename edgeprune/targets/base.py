@@ -75,6 +75,11 @@ class Target(ABC):
         with pinned(self.spec.threads):
             return measure_interleaved([c.run_once for c in compiled], timing or self.spec.timing)
 
+    def artifact_kind(self) -> str:
+        """The export format (``edgeprune.export.KINDS``) this target deploys; the pipeline
+        writes it beside model.onnx when it is not ONNX itself."""
+        return "onnx"
+
     def fingerprint(self) -> dict:
         """What must match for a latency table measured elsewhere to be trusted here."""
         return {"runtime": self.runtime, "runtime_version": self.runtime_version(),

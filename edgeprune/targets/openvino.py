@@ -53,7 +53,7 @@ class OpenVinoTarget(Target):
         super().__init__(spec)
         if spec.precision not in PRECISION_HINTS:
             raise UsageError(f"target {spec.name!r}: precision {spec.precision} on openvino needs a quantized "
-                             f"model (NNCF), which edgeprune does not produce yet; use fp32 or fp16")
+                             f"model: prune at fp32, then `edgeprune quantize --run DIR` makes and measures the INT8 IR")
         import openvino as ov
         self.device = spec.device.strip().upper()
         self._core, self._configured = ov.Core(), False
@@ -93,6 +93,9 @@ class OpenVinoTarget(Target):
             return {}
         writable = {k for k, mode in dict(supported).items() if str(mode) == "RW"}
         return {k: v for k, v in wanted.items() if k in writable}
+
+    def artifact_kind(self) -> str:
+        return "openvino-fp16" if self.spec.precision == "fp16" else "openvino"
 
     def runtime_version(self) -> str:
         import openvino

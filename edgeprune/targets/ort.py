@@ -76,6 +76,9 @@ class OrtTarget(Target):
                   f"{self.spec.name!r} measures with its fallback {PROVIDERS[fallback]}", file=sys.stderr)
         return PROVIDERS[fallback]
 
+    def artifact_kind(self) -> str:
+        return self.format
+
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "provider": self.provider(), "model_format": self.format}
 
