@@ -12,6 +12,10 @@ that resamples whole windows of both sides (seeded: the same data gives the same
 **regression** needs the ratio above ``1 + tolerance`` *and* the interval entirely above 1. A
 failure (regression or over budget) must be flagged by a first and by a confirming measurement.
 
+``--reference OLD``: instead of a baseline file, the previous artifact and the candidate are
+measured in turn, window by window, in one run (the order alternating between sessions), and
+the bootstrap resamples the *pairs* of windows, so a slow period of the host cancels out.
+
 The contention guard. Each measurement also records how long the measuring thread was runnable
 but waiting for a CPU (Linux schedstat): a neighbour's work, not the model's. Since contention
 can only add time, a measurement that passes is a pass however busy the machine was; but one
@@ -89,16 +93,22 @@ class Comparison:
 
 
 def compare(baseline_windows, check_windows, tolerance: float = DEFAULT_TOLERANCE,
-            confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
-    """Bootstrap the latency ratio by resampling the window medians of each side."""
+            confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED,
+            paired: bool = False) -> Comparison:
+    """Bootstrap the latency ratio by resampling the window medians of each side; ``paired``
+    windows were taken in turn in one run (``--reference``), so they are resampled together
+    and a slow period cancels out of the ratio."""
     b = np.asarray(baseline_windows, dtype=float)
     c = np.asarray(check_windows, dtype=float)
     if b.size == 0 or c.size == 0 or b.min() <= 0 or c.min() <= 0:
         raise ValueError("need positive window medians on both sides")
+    if paired and b.size != c.size:
+        raise ValueError("paired windows must come in pairs")
     rng = np.random.default_rng(seed)
     q = dict(q=LOW_QUANTILE, axis=1, method=QUANTILE_METHOD)
-    boot = (np.quantile(c[rng.integers(0, c.size, (resamples, c.size))], **q)
-            / np.quantile(b[rng.integers(0, b.size, (resamples, b.size))], **q))
+    idx_c = rng.integers(0, c.size, (resamples, c.size))
+    idx_b = idx_c if paired else rng.integers(0, b.size, (resamples, b.size))
+    boot = np.quantile(c[idx_c], **q) / np.quantile(b[idx_b], **q)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(boot, [alpha, 1 - alpha])
     ratio = latency_of(c) / latency_of(b)
@@ -196,12 +206,30 @@ def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
     return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
 
 
+def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = SESSIONS) -> Attempt:
+    """Reference and candidate measured interleaved, window by window, in ``sessions`` fresh
+    pairs of sessions; the candidate's Attempt carries the paired comparison."""
+    wait0, t0 = cpu_wait_ns(), time.perf_counter()
+    pairs = []  # the order alternates between sessions: being measured second is not free
+    for k in range(sessions):
+        lats = target.measure_many([reference, candidate][:: 1 if k % 2 == 0 else -1], timing)
+        pairs.append(tuple(lats[:: 1 if k % 2 == 0 else -1]))
+    wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
+    known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
+    wait = round((wait1 - wait0) / 1e9 / wall, 4) if known else None
+    windows = [[w for lat in side for w in (lat.window_medians_ms or (lat.median_ms,))] for side in zip(*pairs)]
+    ref, cand = (tuple(w) for w in windows)
+    best = min((c for _, c in pairs), key=lambda lat: lat.median_ms)
+    return Attempt(latency_of(cand), best.median_ms, best.p90_ms, cand, tuple(best.samples_ms), wait,
+                   compare(ref, cand, tolerance, paired=True))
+
+
 # --- the check ---------------------------------------------------------------------------------
 
 def run_check(artifact: str, target: str | None = None, baseline: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, budget_ms: float | None = None, update: bool = False,
               allow_mismatch: bool = False, confirm: bool = True, budget_source: str | None = None,
-              baseline_root: str | Path = "profiles") -> CheckResult:
+              baseline_root: str | Path = "profiles", reference: str | None = None) -> CheckResult:
     """Measure ``artifact`` on ``target`` and compare with its baseline (or, with ``update``,
     write the baseline). Bad input raises UsageError; performance failures are in the result."""
     from .targets import get_target
@@ -215,7 +243,17 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
     res = CheckResult(str(artifact), tgt.spec.name, str(bpath))
     res.budget = resolve_budget(budget_ms, tgt.spec, meta, budget_source)
     fp = tgt.fingerprint()
-    if update:
+    if reference:  # same-run comparison with the previous artifact: no baseline file involved
+        if update:
+            raise UsageError("--reference compares two artifacts in one run; it has no baseline to --update")
+        ref = Path(reference)
+        artifact_metadata(ref)  # a missing or corrupt reference is bad input
+        res.baseline = str(ref)
+        res.notes.append(f"same-run comparison with {ref} (windows measured in turn)")
+        timing = check_timing(tgt.spec.timing)
+        judge(res, lambda: measure_pair(tgt, ref, path, timing, tolerance), None, tolerance, confirm)
+        res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
+    elif update:
         timing = check_timing(tgt.spec.timing)
         used = _baseline_attempts(res, lambda: measure_attempt(tgt, path, timing))
         res.baseline_ms = latency_of([w for a in used for w in a.windows_ms])

@@ -132,7 +132,7 @@ def cmd_check(a) -> int:
     from .api import check
     from .check import exit_code, junit_cases, render, to_json
     results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
-                    a.allow_mismatch, not a.no_confirm, deploy=a.all)
+                    a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference)
     if a.junit:
         from .junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, help="slowdown tolerated as a fraction (default 0.05)")
     c.add_argument("--budget-ms", type=float, help="budget (default: the target file's for the model)")
     c.add_argument("--update", action="store_true", help="measure and (over)write the baseline")
+    c.add_argument("--reference", metavar="OLD_ARTIFACT",
+                   help="compare with this artifact measured in turn in the same run (robust on a noisy "
+                        "machine; no baseline file)")
     c.add_argument("--allow-mismatch", action="store_true",
                    help="compare with a baseline from another runtime version or device anyway")
     c.add_argument("--no-confirm", action="store_true", help="do not re-measure to confirm a failure")

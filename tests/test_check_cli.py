@@ -259,3 +259,29 @@ def test_pytest_plugin_fixture_in_a_users_suite(work):
                        timeout=300, env={**os.environ, "EDGEPRUNE_TARGETS": str(targets)})
     assert "1 failed, 1 passed" in r.stdout, r.stdout + r.stderr
     assert "m.onnx on fake: measured" in r.stdout and "budget_ms=" in r.stdout
+
+
+def test_reference_compares_two_artifacts_in_one_run_without_a_baseline(work, capsys):
+    cwd, _ = work
+    export(cwd / "big.onnx", size=64)  # four times the work of m.onnx on the fake target
+    code, out, _ = run(capsys, "check", "m.onnx", "--reference", "m.onnx", "--target", "fake", "--json")
+    c = json.loads(out)["checks"][0]
+    assert code == 0 and c["status"] == "pass" and c["comparison"]["ratio"] == 1.0
+    assert c["baseline"] == "m.onnx" and not (cwd / "profiles").exists()
+    code, out, _ = run(capsys, "check", "big.onnx", "--reference", "m.onnx", "--target", "fake", "--json")
+    c = json.loads(out)["checks"][0]
+    assert code == 1 and c["regression"] and c["comparison"]["ratio"] > 3
+    assert len(c["attempts"]) == 2  # confirmed
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--update"], "no baseline to --update"),
+    (["--reference", "missing.onnx"], "missing.onnx"),
+])
+def test_reference_bad_input_is_one_line(work, capsys, extra, fragment):
+    args = ["check", "m.onnx", "--target", "fake", *extra]
+    if "--update" in extra:
+        args += ["--reference", "m.onnx"]
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == ""
+    one_error_line(err, fragment)

@@ -219,3 +219,17 @@ def test_a_baseline_on_a_busy_machine_keeps_the_least_slowed_measurements_and_wa
     res = CheckResult("m.onnx", "t")
     used = _baseline_attempts(res, measure)
     assert len(calls) == 3 and not any(a.disturbed for a in used) and not res.notes
+
+
+def test_paired_comparison_cancels_a_slow_period():
+    # both models slow down together in the second half (a neighbour): unpaired, the spread
+    # of each side swamps a 10% difference; paired, the ratio of each turn is ~1.10 throughout
+    from edgeprune.check import compare
+    ref = [1.0] * 5 + [1.6] * 5
+    cand = [1.10] * 5 + [1.76] * 5
+    paired = compare(ref, cand, 0.05, paired=True)
+    assert paired.regression and paired.low > 1.05
+    same = compare(ref, ref, 0.05, paired=True)
+    assert not same.regression and same.ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="pairs"):
+        compare(ref, cand[:4], 0.05, paired=True)
