@@ -194,13 +194,19 @@ def cpu_wait_ns() -> int | None:
         return None
 
 
-def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
-    """One measurement: ``sessions`` fresh sessions of the target, their windows pooled."""
+def with_cpu_wait(run: Callable[[], list]) -> tuple[list, float | None]:
+    """``run()`` and the share of its wall time this thread waited for a CPU (None: unknown or
+    too short to judge)."""
     wait0, t0 = cpu_wait_ns(), time.perf_counter()
-    lats = [target.measure(path, timing) for _ in range(sessions)]
+    out = run()
     wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
     known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
-    wait = round((wait1 - wait0) / 1e9 / wall, 4) if known else None
+    return out, (round((wait1 - wait0) / 1e9 / wall, 4) if known else None)
+
+
+def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
+    """One measurement: ``sessions`` fresh sessions of the target, their windows pooled."""
+    lats, wait = with_cpu_wait(lambda: [target.measure(path, timing) for _ in range(sessions)])
     windows = tuple(w for lat in lats for w in (lat.window_medians_ms or (lat.median_ms,)))
     best = min(lats, key=lambda lat: lat.median_ms)
     return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
@@ -209,14 +215,10 @@ def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
 def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = SESSIONS) -> Attempt:
     """Reference and candidate measured interleaved, window by window, in ``sessions`` fresh
     pairs of sessions; the candidate's Attempt carries the paired comparison."""
-    wait0, t0 = cpu_wait_ns(), time.perf_counter()
-    pairs = []  # the order alternates between sessions: being measured second is not free
-    for k in range(sessions):
-        lats = target.measure_many([reference, candidate][:: 1 if k % 2 == 0 else -1], timing)
-        pairs.append(tuple(lats[:: 1 if k % 2 == 0 else -1]))
-    wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
-    known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
-    wait = round((wait1 - wait0) / 1e9 / wall, 4) if known else None
+    def run() -> list:  # the order alternates between sessions: being measured second is not free
+        order = [[1, -1][k % 2] for k in range(sessions)]
+        return [tuple(target.measure_many([reference, candidate][::o], timing)[::o]) for o in order]
+    pairs, wait = with_cpu_wait(run)
     windows = [[w for lat in side for w in (lat.window_medians_ms or (lat.median_ms,))] for side in zip(*pairs)]
     ref, cand = (tuple(w) for w in windows)
     best = min((c for _, c in pairs), key=lambda lat: lat.median_ms)
