@@ -130,7 +130,8 @@ def cmd_quantize(a) -> int:
 
 def cmd_check(a) -> int:
     from .api import check
-    from .check import exit_code, junit_cases, render, to_json
+    from .check import exit_code
+    from .check_report import junit_cases, render, to_json
     results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
                     a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference)
     if a.junit:

@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from edgeprune.baseline import Baseline, default_path, describe_mismatch, dumps, mismatches
-from edgeprune.check import Budget, CheckResult, Comparison, junit_cases, render, to_json
+from edgeprune.check import Budget, CheckResult, Comparison
+from edgeprune.check_report import junit_cases, render, to_json
 from edgeprune.deploy import load_deploy
 from edgeprune.errors import UsageError
 from edgeprune.junit import TestCase, to_xml, write
