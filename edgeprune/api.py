@@ -76,13 +76,7 @@ def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | No
     resolve_kind(kind)
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size,
                                    weights=None if widths else weights))
-    model_ = s.model
-    if widths:
-        from .models import load_weights
-        from .prune import prune_to_widths
-        model_ = prune_to_widths(s.model, s.input_shape, widths)
-        if weights:
-            load_weights(model_, weights)
+    model_ = s.pruned(widths, weights) if widths else s.model
     return export_artifact(model_, kind, out, s.input_shape, {"model": model, "target": s.spec.name})
 
 

@@ -68,8 +68,6 @@ def evaluate_ir(path: str | os.PathLike, loader, num_classes: int, target=None) 
 def compare_precisions(job: PrecisionJob) -> dict:
     """Write the three IRs, measure and evaluate them; returns what precisions.json holds."""
     from .export import export_artifact, read_metadata
-    from .models import load_weights
-    from .prune import prune_to_widths
     from .session import Session, SessionConfig
 
     run = Path(job.run)
@@ -84,7 +82,7 @@ def compare_precisions(job: PrecisionJob) -> dict:
         model=report["model"], target=target, input_size=report.get("input_size"), data=run_data(job, report),
         data_root=job.data_root, train_samples=job.calibration_samples, test_samples=job.test_samples,
         progress=False))
-    model = load_weights(prune_to_widths(s.model, s.input_shape, report["widths"]), run / "model.pt")
+    model = s.pruned(report["widths"], run / "model.pt")
     meta = {k: v for k, v in read_metadata(run / "model.onnx").items() if k != "edgeprune_version"}
     paths = artifact_paths(run, report)
     for p in EXPORT_KINDS:

@@ -120,6 +120,14 @@ class Session:
             raise UsageError(f"latency table {path} does not exist")
         return build_table(self.model, self.target, self.input_shape, path, self.cfg.model, self.cfg.profile)
 
+    def pruned(self, widths: dict[str, int], weights: str | Path | None = None) -> nn.Module:
+        """The session's model pruned to ``widths``, with the pruned model's trained ``weights``
+        (a prune run's model.pt)."""
+        from .models import load_weights
+        from .prune import prune_to_widths
+        model = prune_to_widths(self.model, self.input_shape, widths)
+        return load_weights(model, weights) if weights else model
+
     def scores(self, model: nn.Module | None = None) -> dict[str, np.ndarray]:
         from .importance import importances
         return importances(model or self.model, self.input_shape, self.cfg.importance)

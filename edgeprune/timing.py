@@ -102,23 +102,39 @@ def _summary(windows: list[list[float]]) -> Latency:
 
 @contextmanager
 def pinned(threads: int):
-    """Restrict this process to ``threads`` CPUs while measuring (Linux), then restore."""
+    """Restrict every thread of this process to ``threads`` CPUs while measuring (Linux), then
+    restore. Every thread, not only the caller: sched_setaffinity(0) moves the calling thread
+    alone, and runtimes (OpenVINO's CPU streams) start their workers when the model is compiled,
+    before measuring starts, so those would stay free to migrate."""
     if not hasattr(os, "sched_getaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
-    cpus = sorted(before)[-threads:] if threads < len(before) else sorted(before)
-    try:
-        os.sched_setaffinity(0, set(cpus))
-    except OSError:
-        pass
+    cpus = set(sorted(before)[-threads:] if threads < len(before) else before)
+    saved = {tid: _set_affinity(tid, cpus) for tid in _threads()}
     try:
         yield
     finally:
-        try:
-            os.sched_setaffinity(0, before)
-        except OSError:
-            pass
+        for tid in _threads():
+            _set_affinity(tid, saved.get(tid) or before)
+
+
+def _threads() -> list[int]:
+    """Thread ids of this process (just this thread where /proc is absent)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def _set_affinity(tid: int, cpus: set[int]) -> set[int] | None:
+    """Set a thread's CPUs; its previous set, or None if it could not be changed (gone, denied)."""
+    try:
+        previous = os.sched_getaffinity(tid)
+        os.sched_setaffinity(tid, cpus)
+        return previous
+    except OSError:
+        return None
 
 
 def _window(run_once: Callable[[], object], spec: TimingSpec) -> list[float]:

@@ -150,3 +150,33 @@ def test_pinned_restricts_then_restores_affinity():
         inside = os.sched_getaffinity(0)
     assert len(inside) == 1 and inside <= before
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not os.path.isdir("/proc/self/task"),
+                    reason="needs Linux CPU affinity, /proc and at least two CPUs")
+def test_pinned_also_moves_threads_started_before_it():
+    # a runtime's worker started at compile time, before measuring, is pinned too, then restored
+    import threading
+    go, done, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        seen["tid"] = threading.get_native_id()
+        go.wait()
+        seen["inside"] = os.sched_getaffinity(0)
+        done.wait()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    before = os.sched_getaffinity(0)
+    while "tid" not in seen:
+        pass
+    with pinned(1):
+        go.set()
+        while "inside" not in seen:
+            pass
+        mine = os.sched_getaffinity(0)
+    assert seen["inside"] == mine and len(mine) == 1
+    assert os.sched_getaffinity(seen["tid"]) == before
+    done.set()
+    t.join()
