@@ -95,10 +95,11 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
 def check(artifact: str | None = None, target: str | None = None, baseline: str | None = None,
           tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
           allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None,
-          reference: str | None = None) -> list:
+          reference: str | None = None, absolute: bool = False) -> list:
     """Check an artifact's latency on ``target`` against its baseline and budget (``update``:
-    write the baseline instead), or every check of a ``deploy`` file. With ``reference`` (the
-    previous artifact) the two are measured in turn in one run instead of against a baseline file. Returns one
+    write the baseline instead), or every check of a ``deploy`` file. The old artifact (the
+    baseline's frozen copy, or ``reference``) runs in turn with the new one in one run;
+    ``absolute`` compares with the baseline's recorded numbers instead. Returns one
     ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
     A single check's bad input raises UsageError; in a deploy file it becomes that check's error."""
     from .check import DEFAULT_TOLERANCE, CheckResult, run_check
@@ -107,7 +108,7 @@ def check(artifact: str | None = None, target: str | None = None, baseline: str 
         raise UsageError("give either an artifact or a deploy file (--all), not both or neither")
     if deploy is None:
         return [run_check(artifact, target, baseline, DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                          budget_ms, update, allow_mismatch, confirm, reference=reference)]
+                          budget_ms, update, allow_mismatch, confirm, reference=reference, absolute=absolute)]
     if reference:
         raise UsageError("--reference compares one artifact with another; it does not combine with --all")
     if target or baseline or budget_ms is not None:
@@ -119,7 +120,7 @@ def check(artifact: str | None = None, target: str | None = None, baseline: str 
         try:
             results.append(run_check(c.artifact, c.target, c.baseline, DEFAULT_TOLERANCE if tol is None else tol,
                                      c.budget_ms, update, allow_mismatch, confirm, budget_source="deploy file",
-                                     baseline_root=Path(deploy).parent / "profiles"))
+                                     baseline_root=Path(deploy).parent / "profiles", absolute=absolute))
         except EdgepruneError as e:
             results.append(CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(e)]))
     return results

@@ -2,7 +2,9 @@
 against) and the other references a check compares with: the artifact's metadata and its budget.
 
 A baseline is a versioned JSON file (``profiles/TARGET/baseline-STEM.json`` by default, committed
-beside the latency tables). It keeps every window median of the measurement (the unit the
+beside the latency tables) and a frozen copy of the artifact beside it (``baseline-STEM.onnx``):
+a later check runs that copy and the new artifact in turn in one run, which a shared host's drift
+cannot fool. The JSON keeps every window median of the measurement (the unit the
 regression statistics resample), the least-disturbed window's raw samples, the timing protocol
 used (a check repeats exactly that protocol), the target's fingerprint (runtime version, device,
 host CPU...) and the date. A baseline whose fingerprint differs from the target's is reported as
@@ -50,14 +52,10 @@ class Baseline:
         return {"kind": KIND, **asdict(self)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        from .onnxio import atomic_path
-        final, tmp = atomic_path(path)
-        try:
+        from .onnxio import atomic_write
+        with atomic_write(path) as tmp:
             tmp.write_text(dumps(self.to_dict()))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Baseline":
@@ -90,7 +88,7 @@ class Baseline:
 
 
 def record(path: Path, meta: dict, target: str, fingerprint: dict, timing: dict, sessions: int,
-           attempts: list, latency_ms: float) -> Baseline:
+           attempts: list, latency_ms: float, frozen: str | None = None) -> Baseline:
     """A baseline from measurements (``check.Attempt``s) of the artifact at ``path``: all their
     window medians pooled, the summary and raw samples of the least-disturbed window."""
     from . import __version__
@@ -104,8 +102,45 @@ def record(path: Path, meta: dict, target: str, fingerprint: dict, timing: dict,
                "window_medians_ms": [round(w, 6) for w in windows],
                "samples_ms": [round(x, 6) for x in best.samples_ms]}
     art = {"path": str(path), "name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size,
-           "model": meta.get("model")}
+           "model": meta.get("model"), "frozen": frozen}
     return Baseline(art, target, fingerprint, timing, latency, sessions=sessions, edgeprune_version=__version__)
+
+
+def freeze(artifact: Path, baseline_path: Path) -> str:
+    """Copy the artifact beside its baseline (``baseline-STEM.onnx``; an IR's .bin too), so
+    later checks can run the old model next to the new one; the copy's file name."""
+    dest = baseline_path.with_suffix(artifact.suffix)
+    companions = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
+    for src in [*companions, artifact]:  # the .xml last: its presence means the copy is whole
+        if not src.is_file():
+            raise UsageError(f"{src} is missing: an OpenVINO IR needs its .bin beside the .xml")
+        _copy_atomic(src, dest.with_suffix(src.suffix))
+    return dest.name
+
+
+def frozen_artifact(base: Baseline, baseline_path: Path, notes: list[str]) -> Path | None:
+    """The baseline's frozen copy of its artifact if it is there and intact, else None (with
+    the reason in ``notes``)."""
+    name = base.artifact.get("frozen")
+    if not name:
+        notes.append("the baseline keeps no copy of its artifact (re-create it with --update to get one)")
+        return None
+    copy = baseline_path.parent / Path(name).name
+    if not copy.is_file():
+        notes.append(f"the baseline's copy of its artifact, {copy}, is missing")
+        return None
+    if base.artifact.get("sha256") and file_digest(copy) != base.artifact["sha256"]:
+        notes.append(f"the baseline's copy of its artifact, {copy}, has changed since it was recorded")
+        return None
+    return copy
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    import shutil
+
+    from .onnxio import atomic_write
+    with atomic_write(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 @dataclass(frozen=True)

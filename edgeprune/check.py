@@ -1,20 +1,17 @@
-"""Performance regression checks: re-measure an artifact on its target, compare with its baseline.
+"""Performance regression checks: re-measure an artifact on its target, compare with the old one.
 
-The statistic. A measurement is ``SESSIONS`` fresh runtime sessions (each compiles the model
-again, so per-process effects such as memory placement vary between them) of >= 5 separated
-timing windows each; each window's median is one observation (samples inside a window are
-autocorrelated, windows far less so). Neighbours on a shared machine only ever *add* time, so a
-disturbed window is slow, never fast: a measurement's latency is the **lower quartile of its
-window medians**, which ignores up to ~70% disturbed windows.
+What is compared (the statistics are in ``comparison``). A baseline (``--update``) records the
+artifact's numbers *and* a frozen copy of it. A check runs that copy and the new artifact in
+alternating short blocks in one run (``measure_pair``): a model change is judged by the paired
+ratio, which a shared host's drift cannot fool. The copy's latency now against its own recorded
+numbers is the environment's drift since the baseline; it is reported, and judged only with
+``absolute`` (which compares the new artifact with the recorded numbers, for a steady board
+whose image or clock changed). Without a usable copy the comparison is absolute, with a note.
+``--reference OLD`` is the paired comparison with any previous artifact, no baseline file.
 
-The verdict. ``ratio = latency(check) / latency(baseline)`` with a percentile bootstrap interval
-that resamples whole windows of both sides (seeded: the same data gives the same interval). A
-**regression** needs the ratio above ``1 + tolerance`` *and* the interval entirely above 1. A
+A measurement is ``SESSIONS`` fresh runtime sessions (each compiles the model again, so
+per-process effects such as memory placement vary between them) of several windows each. A
 failure (regression or over budget) must be flagged by a first and by a confirming measurement.
-
-``--reference OLD``: instead of a baseline file, the previous artifact and the candidate are
-measured in turn, window by window, in one run (the order alternating between sessions), and
-the bootstrap resamples the *pairs* of windows, so a slow period of the host cancels out.
 
 The contention guard. Each measurement also records how long the measuring thread was runnable
 but waiting for a CPU (Linux schedstat): a neighbour's work, not the model's. Since contention
@@ -31,89 +28,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .baseline import (Baseline, Budget, artifact_metadata, default_path, describe_mismatch, file_digest,
-                       mismatches, record, resolve_budget)
+                       freeze, frozen_artifact, mismatches, record, resolve_budget)
+from .comparison import (CONFIDENCE, DEFAULT_TOLERANCE, METHODS, Comparison, compare, compare_paired,  # noqa: F401
+                         latency_of)
 from .errors import UsageError
 
-LOW_QUANTILE = 0.25
-QUANTILE_METHOD = "median_unbiased"   # Hyndman & Fan type 8: same quantile for 10 or 20 windows
 SESSIONS = 2                # sessions per measurement
 CHECK_WINDOWS = 10          # windows per measurement, spread over the sessions
+PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, since each compilation
+PAIRED_WINDOWS = 3          # places the weights anew and can shift the ratio by a few percent
 BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
-RESAMPLES = 2000
-CONFIDENCE = 0.95
-SEED = 0
-DEFAULT_TOLERANCE = 0.05
 MAX_CPU_WAIT = 0.05         # share of a measurement's time spent waiting for a CPU
 MIN_GUARDED_S = 0.25        # shorter measurements (fake targets) are too short to judge contention
 RETRIES = 2                 # extra measurements to replace disturbed ones
 RETRY_PAUSE_S = 5.0
-METHOD = (f"ratio of lower-quartile window medians (check / baseline), {CONFIDENCE:.0%} percentile "
-          f"bootstrap CI resampling whole windows ({RESAMPLES} resamples, seed {SEED}); regression = "
-          f"ratio > 1 + tolerance and CI above 1, in a first and a confirming measurement, each "
-          f"waiting for the CPU <= {MAX_CPU_WAIT:.0%} of its time")
-
-
-def latency_of(windows) -> float:
-    """The latency a set of window medians stands for: their lower quartile."""
-    return float(np.quantile(np.asarray(windows, dtype=float), LOW_QUANTILE, method=QUANTILE_METHOD))
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """check / baseline latency ratio with its bootstrap interval and the verdict."""
-
-    ratio: float
-    low: float
-    high: float
-    baseline_ms: float
-    check_ms: float
-    tolerance: float
-    confidence: float = CONFIDENCE
-
-    @property
-    def regression(self) -> bool:
-        return self.ratio > 1 + self.tolerance and self.low > 1
-
-    @property
-    def faster(self) -> bool:
-        return self.ratio < 1 - self.tolerance and self.high < 1
-
-    def to_dict(self) -> dict:
-        return {"ratio": round(self.ratio, 4), "ci": [round(self.low, 4), round(self.high, 4)],
-                "confidence": self.confidence, "tolerance": self.tolerance,
-                "baseline_ms": round(self.baseline_ms, 5), "check_ms": round(self.check_ms, 5),
-                "regression": self.regression, "faster": self.faster}
-
-    def describe(self) -> str:
-        return (f"{self.ratio:.3f}× the baseline ({self.confidence:.0%} CI [{self.low:.3f}, {self.high:.3f}], "
-                f"tolerance {self.tolerance:.0%})")
-
-
-def compare(baseline_windows, check_windows, tolerance: float = DEFAULT_TOLERANCE,
-            confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED,
-            paired: bool = False) -> Comparison:
-    """Bootstrap the latency ratio by resampling the window medians of each side; ``paired``
-    windows were taken in turn in one run (``--reference``), so they are resampled together
-    and a slow period cancels out of the ratio."""
-    b = np.asarray(baseline_windows, dtype=float)
-    c = np.asarray(check_windows, dtype=float)
-    if b.size == 0 or c.size == 0 or b.min() <= 0 or c.min() <= 0:
-        raise ValueError("need positive window medians on both sides")
-    if paired and b.size != c.size:
-        raise ValueError("paired windows must come in pairs")
-    rng = np.random.default_rng(seed)
-    q = dict(q=LOW_QUANTILE, axis=1, method=QUANTILE_METHOD)
-    idx_c = rng.integers(0, c.size, (resamples, c.size))
-    idx_b = idx_c if paired else rng.integers(0, b.size, (resamples, b.size))
-    boot = np.quantile(c[idx_c], **q) / np.quantile(b[idx_b], **q)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha])
-    ratio = latency_of(c) / latency_of(b)
-    return Comparison(ratio, min(float(low), ratio), max(float(high), ratio), latency_of(b),
-                      latency_of(c), tolerance, confidence)
+VERDICT = (f"regression = ratio > 1 + tolerance and CI above 1, in a first and a confirming "
+           f"measurement, each waiting for the CPU <= {MAX_CPU_WAIT:.0%} of its time")
 
 
 @dataclass(frozen=True)
@@ -127,6 +58,7 @@ class Attempt:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
     cpu_wait: float | None = None  # share of its time the measuring thread waited for a CPU
     comparison: Comparison | None = None
+    reference_windows_ms: tuple[float, ...] = ()   # the old artifact's, in a paired measurement
 
     @property
     def disturbed(self) -> bool:
@@ -136,6 +68,8 @@ class Attempt:
         d = {"latency_ms": round(self.latency_ms, 5), "median_ms": round(self.median_ms, 5),
              "p90_ms": round(self.p90_ms, 5), "cpu_wait": self.cpu_wait, "disturbed": self.disturbed,
              "windows_ms": [round(w, 5) for w in self.windows_ms]}
+        if self.reference_windows_ms:
+            d["reference_windows_ms"] = [round(w, 5) for w in self.reference_windows_ms]
         return {**d, **({"comparison": self.comparison.to_dict()} if self.comparison else {})}
 
 
@@ -152,6 +86,7 @@ class CheckResult:
     latency_ms: float | None = None
     baseline_ms: float | None = None
     comparison: Comparison | None = None
+    drift: Comparison | None = None       # the old artifact now vs its recorded numbers (paired checks)
     regression: bool = False
     over_budget: bool = False
     incomparable: dict = field(default_factory=dict)
@@ -164,6 +99,7 @@ class CheckResult:
                 "status": self.status, "problems": self.problems, "notes": self.notes,
                 "latency_ms": _round(self.latency_ms), "baseline_ms": _round(self.baseline_ms),
                 "comparison": self.comparison.to_dict() if self.comparison else None,
+                "drift": self.drift.to_dict() if self.drift else None,
                 "regression": self.regression, "over_budget": self.over_budget,
                 "incomparable": {k: list(v) for k, v in self.incomparable.items()},
                 "budget_ms": self.budget.ms if self.budget else None,
@@ -212,18 +148,18 @@ def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
     return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
 
 
-def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = SESSIONS) -> Attempt:
-    """Reference and candidate measured interleaved, window by window, in ``sessions`` fresh
-    pairs of sessions; the candidate's Attempt carries the paired comparison."""
-    def run() -> list:  # the order alternates between sessions: being measured second is not free
-        order = [[1, -1][k % 2] for k in range(sessions)]
-        return [tuple(target.measure_many([reference, candidate][::o], timing)[::o]) for o in order]
-    pairs, wait = with_cpu_wait(run)
-    windows = [[w for lat in side for w in (lat.window_medians_ms or (lat.median_ms,))] for side in zip(*pairs)]
-    ref, cand = (tuple(w) for w in windows)
-    best = min((c for _, c in pairs), key=lambda lat: lat.median_ms)
-    return Attempt(latency_of(cand), best.median_ms, best.p90_ms, cand, tuple(best.samples_ms), wait,
-                   compare(ref, cand, tolerance, paired=True))
+def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = PAIRED_SESSIONS) -> Attempt:
+    """Reference and candidate in alternating short blocks, in ``sessions`` fresh pairs of
+    sessions of ``PAIRED_WINDOWS`` windows; the candidate's Attempt carries the paired comparison."""
+    timing = timing.model_copy(update={"windows": PAIRED_WINDOWS})
+    alts, wait = with_cpu_wait(lambda: [target.measure_alternating(reference, candidate, timing)
+                                        for _ in range(sessions)])
+    ref, cand = ([w for a in alts for w in a.latencies[i].window_medians_ms] for i in (0, 1))
+    comparison = compare_paired([w for a in alts for w in a.log_ratios], latency_of(ref), latency_of(cand),
+                                tolerance)
+    best = min((a.latencies[1] for a in alts), key=lambda lat: lat.median_ms)
+    return Attempt(latency_of(cand), best.median_ms, best.p90_ms, tuple(cand), tuple(best.samples_ms), wait,
+                   comparison, tuple(ref))
 
 
 # --- the check ---------------------------------------------------------------------------------
@@ -231,9 +167,12 @@ def measure_pair(target, reference, candidate, timing, tolerance: float, session
 def run_check(artifact: str, target: str | None = None, baseline: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, budget_ms: float | None = None, update: bool = False,
               allow_mismatch: bool = False, confirm: bool = True, budget_source: str | None = None,
-              baseline_root: str | Path = "profiles", reference: str | None = None) -> CheckResult:
+              baseline_root: str | Path = "profiles", reference: str | None = None,
+              absolute: bool = False) -> CheckResult:
     """Measure ``artifact`` on ``target`` and compare with its baseline (or, with ``update``,
-    write the baseline). Bad input raises UsageError; performance failures are in the result."""
+    write the baseline). The comparison is paired with the baseline's frozen copy of the old
+    artifact when that can run here, else (or with ``absolute``) against its recorded numbers.
+    Bad input raises UsageError; performance failures are in the result."""
     from .targets import get_target
     t0 = time.perf_counter()
     if not 0 <= tolerance < 1:
@@ -246,8 +185,9 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
     res.budget = resolve_budget(budget_ms, tgt.spec, meta, budget_source)
     fp = tgt.fingerprint()
     if reference:  # same-run comparison with the previous artifact: no baseline file involved
-        if update:
-            raise UsageError("--reference compares two artifacts in one run; it has no baseline to --update")
+        if update or absolute:
+            raise UsageError("--reference compares two artifacts in one run; it takes neither --update nor "
+                             "--absolute")
         ref = Path(reference)
         artifact_metadata(ref)  # a missing or corrupt reference is bad input
         res.baseline = str(ref)
@@ -259,8 +199,10 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
         timing = check_timing(tgt.spec.timing)
         used = _baseline_attempts(res, lambda: measure_attempt(tgt, path, timing))
         res.baseline_ms = latency_of([w for a in used for w in a.windows_ms])
-        record(path, meta, tgt.spec.name, fp, timing.model_dump(), SESSIONS, used, res.baseline_ms).save(bpath)
-        res.notes.append(f"baseline written to {bpath}")
+        frozen = freeze(path, bpath)
+        record(path, meta, tgt.spec.name, fp, timing.model_dump(), SESSIONS, used, res.baseline_ms,
+               frozen).save(bpath)
+        res.notes.append(f"baseline written to {bpath}, with a frozen copy of the artifact beside it")
         res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
     else:
         if not bpath.is_file():
@@ -271,8 +213,16 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
         res.baseline_ms = float(base.latency["latency_ms"])
         _describe_baseline(res, base, path, fp, allow_mismatch)
         timing = _timing(base, bpath)
-        judge(res, lambda: measure_attempt(tgt, path, timing, base.sessions),
-              base.windows if allow_mismatch or not res.incomparable else None, tolerance, confirm)
+        old = None if absolute or res.incomparable else frozen_artifact(base, bpath, res.notes)
+        if old is not None:  # the baseline's own artifact runs here: compare in one run
+            judge(res, lambda: measure_pair(tgt, old, path, timing, tolerance), None, tolerance, confirm)
+            _note_drift(res, base, tolerance)
+        else:
+            if not absolute and not res.incomparable:
+                res.notes.append("absolute comparison with the baseline's recorded numbers: on a shared "
+                                 "host its drift between the two dates is part of the ratio")
+            judge(res, lambda: measure_attempt(tgt, path, timing, base.sessions),
+                  base.windows if allow_mismatch or not res.incomparable else None, tolerance, confirm)
     res.latency_ms = res.baseline_ms if update else min(a.latency_ms for a in res.attempts)
     if res.budget is None:
         res.notes.append("no budget (none given, none in the target file for this model)")
@@ -383,6 +333,16 @@ def _describe_baseline(res: CheckResult, base: Baseline, path: Path, fp: dict, a
         else:
             res.problems.append(f"incomparable baseline, measured under other conditions ({what}); "
                                 f"compare anyway with --allow-mismatch, or re-create it with --update")
+
+
+def _note_drift(res: CheckResult, base: Baseline, tolerance: float) -> None:
+    """How the old artifact's latency now compares with its recorded numbers: the environment's
+    drift since the baseline (host, clock, image), shown but not judged (``--absolute`` judges)."""
+    now = [w for a in res.attempts for w in a.reference_windows_ms]
+    if now:
+        drift = res.drift = compare(base.windows, now, tolerance)
+        res.notes.append(f"environment drift, not judged without --absolute: the baseline's own artifact now "
+                         f"measures {drift.ratio:.3f}× its recorded latency (CI [{drift.low:.3f}, {drift.high:.3f}])")
 
 
 def _round(x: float | None, digits: int = 5) -> float | None:

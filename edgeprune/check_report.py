@@ -1,12 +1,12 @@
 """What `edgeprune check` prints: the table, the JSON document, and one JUnit case per check."""
 from __future__ import annotations
 
-from .check import CONFIDENCE, METHOD, CheckResult, exit_code
+from .check import CONFIDENCE, METHODS, VERDICT, CheckResult, exit_code
 
 
 def to_json(results: list[CheckResult]) -> dict:
     code = exit_code(results)
-    return {"status": ("pass", "fail", "error")[code], "exit_code": code, "method": METHOD,
+    return {"status": ("pass", "fail", "error")[code], "exit_code": code, "method": method(results),
             "checks": [r.to_dict() for r in results]}
 
 
@@ -26,8 +26,14 @@ def render(results: list[CheckResult]) -> str:
             lines.append(f"{r.artifact} on {r.target}:")
             tag = {"error": "ERROR", "inconclusive": "BUSY "}.get(r.status, "FAIL ")
             lines += [f"  {tag} {p}" for p in r.problems] + [f"  note  {n}" for n in r.notes]
-    lines.append(f"method: {METHOD}")
+    lines.append(f"method: {method(results)}")
     return "\n".join(lines)
+
+
+def method(results: list[CheckResult]) -> str:
+    """The comparisons these results used, and the verdict rule."""
+    used = sorted({r.comparison.method for r in results if r.comparison}) or ["paired", "absolute"]
+    return "; ".join(f"{m}: {METHODS[m]}" for m in used) + f"; {VERDICT}"
 
 
 def junit_cases(results: list[CheckResult]) -> list:

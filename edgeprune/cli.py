@@ -133,7 +133,8 @@ def cmd_check(a) -> int:
     from .check import exit_code
     from .check_report import junit_cases, render, to_json
     results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
-                    a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference)
+                    a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference,
+                    absolute=a.absolute)
     if a.junit:
         from .junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")
@@ -240,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", metavar="OLD_ARTIFACT",
                    help="compare with this artifact measured in turn in the same run (robust on a noisy "
                         "machine; no baseline file)")
+    c.add_argument("--absolute", action="store_true",
+                   help="judge against the baseline's recorded numbers, not its artifact run beside this "
+                        "one (for environment changes: board image, clock; needs a steady host)")
     c.add_argument("--allow-mismatch", action="store_true",
                    help="compare with a baseline from another runtime version or device anyway")
     c.add_argument("--no-confirm", action="store_true", help="do not re-measure to confirm a failure")

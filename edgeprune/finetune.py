@@ -9,7 +9,6 @@ step, so a resumed run follows exactly the LR curve of an uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from .data import DataBundle
 from .errors import UsageError
 from .metrics import Metrics, evaluate
-from .onnxio import atomic_path
+from .onnxio import atomic_write
 
 CHECKPOINT_FORMAT = 1
 
@@ -252,12 +251,8 @@ def _save_checkpoint(path: Path, key: str, model, opt, state: _State, cfg: Finet
         "no_improve": state.no_improve, "rollbacks": state.rollbacks,
         "stopped_early": state.stopped_early, "config": asdict(cfg),
     }
-    final, tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _resume(path: Path | None, key: str, model: nn.Module, opt) -> _State | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .calibration import Calibration
 from .errors import UsageError
-from .onnxio import atomic_path
+from .onnxio import atomic_write
 
 SCHEMA_VERSION = 2  # 2: per-group calibration terms
 MATCH_KEYS = ("runtime", "runtime_version", "device", "device_name", "provider", "model_format", "threads", "precision",
@@ -110,11 +110,10 @@ class LatencyTable:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> Path:
-        final, tmp = atomic_path(path)
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, final)
-        self.path = final
-        return final
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        self.path = Path(path)
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect: dict | None = None, allow_mismatch: bool = False) -> "LatencyTable":

@@ -36,6 +36,18 @@ def atomic_path(path: str | os.PathLike) -> tuple[Path, Path]:
     return final, Path(tmp)
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on failure it is
+    removed: readers never see a half-written file."""
+    final, tmp = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike) -> Path:
     """Export ``model`` (in eval mode, on CPU) to a single ONNX file, atomically."""
     final, tmp = atomic_path(path)

@@ -170,17 +170,13 @@ def artifact_paths(run: Path, report: dict) -> dict[str, Path]:
 
 def write_precisions(result: dict, run: Path) -> tuple[Path, Path]:
     """precisions.json and precisions.md in ``run``, each written whole then renamed."""
-    from .onnxio import atomic_path
+    from .onnxio import atomic_write
     written = []
     for name, text in (("precisions.json", json.dumps(result, indent=2) + "\n"),
                        ("precisions.md", render_markdown(result))):
-        final, tmp = atomic_path(run / name)
-        try:
+        with atomic_write(run / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(final)
+        written.append(run / name)
     return written[0], written[1]
 
 

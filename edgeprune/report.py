@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .onnxio import atomic_path
+from .onnxio import atomic_write
 
 MISSING = "—"
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -256,13 +256,9 @@ def _json_default(obj: Any) -> Any:
 
 def _write_atomic(path: Path, text: str) -> Path:
     """Write beside the target and rename, so a reader never sees half a report."""
-    final, tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return Path(path)
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:

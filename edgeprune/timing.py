@@ -4,6 +4,7 @@ Written once so a number from ort-cpu and one from a remote board mean the same 
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -100,23 +101,107 @@ def _summary(windows: list[list[float]]) -> Latency:
     return replace(Latency.from_samples(best), window_medians_ms=tuple(medians))
 
 
+BLOCK_S = 0.005      # alternation: each block of runs lasts about this long
+MIN_BLOCK_RUNS = 3   # ... and has at least this many runs, so one cold first run is outvoted
+MIN_ROUNDS = 5       # rounds (one block of each model) per window at least
+
+
+@dataclass(frozen=True)
+class Alternation:
+    """Two models run in short alternating blocks (A B, then B A, ...): each round pairs one
+    block median of each, a few milliseconds apart, so a slow period of the host (a neighbour,
+    the clock) hits both sides of every pair and cancels out of their ratio."""
+
+    rounds_ms: tuple[tuple[tuple[float, float], ...], ...]   # windows × rounds × (a, b) block medians
+    latencies: tuple[Latency, Latency]
+
+    @property
+    def log_ratios(self) -> tuple[tuple[float, ...], ...]:
+        """log(b / a) of every round, by window."""
+        return tuple(tuple(math.log(b / a) for a, b in w) for w in self.rounds_ms)
+
+
+def measure_alternating(run_a: Callable[[], object], run_b: Callable[[], object],
+                        spec: TimingSpec | None = None, block_s: float = BLOCK_S) -> Alternation:
+    """Warm both up, then ``windows`` windows of ``min_time_s`` each, made of rounds of one
+    block of each model, the order swapped every round (going second is not free: the first
+    run of a block finds the other model in the caches, which the block median outvotes)."""
+    spec = spec or TimingSpec()
+    sizes = [_block_runs(run, spec.warmup_s, block_s) for run in (run_a, run_b)]
+    samples: tuple[list[float], list[float]] = ([], [])
+    windows, turn = [], 0
+    for _ in range(spec.windows):
+        rounds, start = [], time.perf_counter()
+        while len(rounds) < MIN_ROUNDS or time.perf_counter() - start < spec.min_time_s:
+            order, turn = ((0, 1) if turn % 2 == 0 else (1, 0)), turn + 1
+            pair = [0.0, 0.0]
+            for i in order:
+                block = _timed(run_a if i == 0 else run_b, sizes[i])
+                samples[i].extend(block)
+                pair[i] = statistics.median(block)
+            rounds.append((pair[0], pair[1]))
+        windows.append(tuple(rounds))
+    lats = tuple(replace(Latency.from_samples(s), window_medians_ms=tuple(
+        statistics.median(r[i] for r in w) for w in windows)) for i, s in enumerate(samples))
+    return Alternation(tuple(windows), lats)
+
+
+def _block_runs(run_once: Callable[[], object], warmup_s: float, block_s: float) -> int:
+    """Warm up for ``warmup_s``; the runs one block of ``block_s`` needs (the median warm run)."""
+    end = time.perf_counter() + warmup_s
+    times = _timed(run_once, 1)
+    while time.perf_counter() < end or len(times) < MIN_BLOCK_RUNS:
+        times += _timed(run_once, 1)
+    per_run_s = statistics.median(times[1:]) / 1e3
+    return max(MIN_BLOCK_RUNS, math.ceil(block_s / max(per_run_s, 1e-9)))
+
+
+def _timed(run_once: Callable[[], object], runs: int) -> list[float]:
+    clock, out = time.perf_counter, []
+    for _ in range(runs):
+        t0 = clock()
+        run_once()
+        out.append((clock() - t0) * 1e3)
+    return out
+
+
 @contextmanager
 def pinned(threads: int):
     """Restrict every thread of this process to ``threads`` CPUs while measuring (Linux), then
     restore. Every thread, not only the caller: sched_setaffinity(0) moves the calling thread
     alone, and runtimes (OpenVINO's CPU streams) start their workers when the model is compiled,
-    before measuring starts, so those would stay free to migrate."""
+    before measuring starts, so those would stay free to migrate.
+
+    Which CPUs: the one this thread is running on first (the scheduler put it where there was
+    room), then the others in order. A fixed choice (say, the last CPU) stacks every concurrent
+    measuring process onto one CPU, where a runtime whose caller spins while its worker computes
+    (OpenVINO) reads 6-13x slow: a scheduler time slice per inference."""
     if not hasattr(os, "sched_getaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
-    cpus = set(sorted(before)[-threads:] if threads < len(before) else before)
+    cpus = set(choose_cpus(before, threads, _current_cpu()))
     saved = {tid: _set_affinity(tid, cpus) for tid in _threads()}
     try:
         yield
     finally:
         for tid in _threads():
             _set_affinity(tid, saved.get(tid) or before)
+
+
+def choose_cpus(allowed: set[int], threads: int, current: int | None) -> list[int]:
+    """``threads`` of the ``allowed`` CPUs, the ``current`` one first."""
+    order = sorted(allowed, key=lambda c: (c != current, c))
+    return order[:max(1, threads)]
+
+
+def _current_cpu() -> int | None:
+    """The CPU this thread last ran on (Linux /proc), else None."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _threads() -> list[int]:

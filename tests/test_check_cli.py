@@ -78,6 +78,8 @@ def test_lifecycle_through_the_real_command_line(work, cli, capsys):
     assert code == 0 and d["status"] == "pass" and d["checks"][0]["status"] == "updated"
     base = json.loads((cwd / "profiles/fake/baseline-m.json").read_text())
     assert base["fingerprint"]["runtime"] == "fake" and base["artifact"]["model"] == "tiny_resnet"
+    frozen = cwd / "profiles/fake" / base["artifact"]["frozen"]
+    assert frozen.name == "baseline-m.onnx" and frozen.read_bytes() == (cwd / "m.onnx").read_bytes()
 
     r = cli(["check", "m.onnx", "--json"], cwd, env_targets=targets)  # target from the artifact's metadata
     assert r.returncode == 0, r.stderr
@@ -87,15 +89,33 @@ def test_lifecycle_through_the_real_command_line(work, cli, capsys):
     assert (c["status"], c["target"], c["regression"], c["over_budget"]) == ("pass", "fake", False, False)
     assert c["comparison"]["ratio"] == 1.0 and c["comparison"]["ci"] == [1.0, 1.0]
     assert len(c["attempts"]) == 1  # nothing flagged: no confirmation run
-    assert "bootstrap" in d["method"]
+    assert c["comparison"]["method"] == "paired" and d["method"].startswith("paired: ")
+    assert "absolute:" not in d["method"]
 
     export(cwd / "m.onnx", size=64)  # the model changed: four times the work
     r = cli(["check", "m.onnx", "--junit", "junit.xml"], cwd, env_targets=targets)
     assert r.returncode == 1, r.stderr
     assert "FAIL  regression in both measurements" in r.stdout and "the artifact changed" in r.stdout
-    assert "95% CI" in r.stdout and "method: ratio of lower-quartile window medians" in r.stdout
+    assert "95% CI" in r.stdout and "method: paired: ratio = exp(median of log(new/old))" in r.stdout
+    assert "the baseline's own artifact now measures 1.000× its recorded latency" in r.stdout
     suite = ET.parse(cwd / "junit.xml").getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures")) == ("1", "1")
+
+
+def test_absolute_comparison_when_asked_or_when_the_frozen_copy_is_gone(work, capsys):
+    cwd, _ = work
+    assert run(capsys, "check", "m.onnx", "--target", "fake", "--update")[0] == 0
+    export(cwd / "m.onnx", size=64)
+    code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake", "--absolute", "--json")
+    c = json.loads(out)["checks"][0]
+    assert code == 1 and c["regression"] and c["comparison"]["method"] == "absolute"
+    (cwd / "profiles/fake/baseline-m.onnx").write_bytes(b"tampered")
+    code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake")
+    assert code == 1 and "has changed since it was recorded" in out and "drift between the two dates" in out
+    assert "method: absolute:" in out
+    (cwd / "profiles/fake/baseline-m.onnx").unlink()
+    code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake")
+    assert code == 1 and "baseline-m.onnx, is missing" in out
 
 
 def test_budget_exceeded_names_the_budget_and_its_source(work, capsys):
@@ -219,7 +239,9 @@ def test_real_onnxruntime_update_then_check_passes_and_catches_a_slower_model(wo
     c = json.loads(out)["checks"][0]
     assert code == 0, c
     assert c["budget_source"] == "target ortsmall budgets_ms.tiny_resnet"
-    assert len(c["attempts"][0]["windows_ms"]) == 10 and 0.7 < c["comparison"]["ratio"] < 1.3
+    assert c["comparison"]["method"] == "paired"  # the baseline's frozen copy ran beside it
+    assert len(c["attempts"][0]["windows_ms"]) == len(c["attempts"][0]["reference_windows_ms"]) == 12
+    assert 0.7 < c["comparison"]["ratio"] < 1.3 and c["drift"]["ratio"] > 0
     export(cwd / "real.onnx", size=96, target="ortsmall")  # ~9x the work
     code, out, _ = run(capsys, "check", "real.onnx", "--tolerance", "0.3")
     assert code == 1 and "regression in both measurements" in out
@@ -275,12 +297,13 @@ def test_reference_compares_two_artifacts_in_one_run_without_a_baseline(work, ca
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--update"], "no baseline to --update"),
+    (["--update"], "neither --update nor --absolute"),
+    (["--absolute"], "neither --update nor --absolute"),
     (["--reference", "missing.onnx"], "missing.onnx"),
 ])
 def test_reference_bad_input_is_one_line(work, capsys, extra, fragment):
     args = ["check", "m.onnx", "--target", "fake", *extra]
-    if "--update" in extra:
+    if extra[0] in ("--update", "--absolute"):
         args += ["--reference", "m.onnx"]
     code, out, err = run(capsys, *args)
     assert code == 2 and out == ""

@@ -183,7 +183,7 @@ def test_table_and_json_shapes():
     assert lines[0].split()[:2] == ["artifact", "target"]
     assert "PASS" in lines[1] and "[0.980, 1.020]" in lines[1] and "FAIL" in lines[2] and "ERROR" in lines[3]
     assert "FAIL  regression" in text and "ERROR artifact c.onnx" in text
-    assert lines[-1].startswith("method: ratio of lower-quartile window medians")
+    assert lines[-1].startswith("method: absolute: ratio of lower-quartile window medians")
     d = to_json(results())
     assert d["status"] == "error" and d["exit_code"] == 2 and len(d["checks"]) == 3
     assert d["checks"][0]["comparison"]["ci"] == [0.98, 1.02]

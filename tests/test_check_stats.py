@@ -131,7 +131,7 @@ def test_latency_is_the_lower_quartile_of_window_medians():
 def test_comparison_dict_shape():
     d = Comparison(1.1, 1.05, 1.15, 1.0, 1.1, 0.05).to_dict()
     assert d["ci"] == [1.05, 1.15] and d["regression"] is True and d["faster"] is False
-    assert set(d) == {"ratio", "ci", "confidence", "tolerance", "baseline_ms", "check_ms", "regression", "faster"}
+    assert set(d) == {"ratio", "ci", "confidence", "tolerance", "baseline_ms", "check_ms", "regression", "faster", "method"}
 
 
 # --- the verdict: confirmation and the contention guard -------------------------------------------
@@ -223,13 +223,28 @@ def test_a_baseline_on_a_busy_machine_keeps_the_least_slowed_measurements_and_wa
 
 def test_paired_comparison_cancels_a_slow_period():
     # both models slow down together in the second half (a neighbour): unpaired, the spread
-    # of each side swamps a 10% difference; paired, the ratio of each turn is ~1.10 throughout
-    from edgeprune.check import compare
-    ref = [1.0] * 5 + [1.6] * 5
-    cand = [1.10] * 5 + [1.76] * 5
-    paired = compare(ref, cand, 0.05, paired=True)
-    assert paired.regression and paired.low > 1.05
-    same = compare(ref, ref, 0.05, paired=True)
-    assert not same.regression and same.ratio == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="pairs"):
-        compare(ref, cand[:4], 0.05, paired=True)
+    # of each side swamps a 10% difference; paired by round, the ratio is ~1.10 throughout
+    from edgeprune.comparison import compare_paired
+    rng = np.random.default_rng(1)
+    ref = np.concatenate([np.full(100, 1.0), np.full(100, 1.6)]) * rng.lognormal(0, 0.02, 200)
+    cand = 1.10 * np.concatenate([np.full(100, 1.0), np.full(100, 1.6)]) * rng.lognormal(0, 0.02, 200)
+    unpaired = compare(ref.reshape(10, 20).mean(1), cand.reshape(10, 20).mean(1), 0.05)
+    assert not unpaired.regression
+    logs = np.log(cand / ref).reshape(10, 20)
+    paired = compare_paired(logs, 1.0, 1.1, 0.05)
+    assert paired.regression and paired.low > 1.05 and paired.ratio == pytest.approx(1.10, rel=0.02)
+    assert paired.method == "paired" and paired.to_dict()["method"] == "paired"
+    same = compare_paired(np.log(ref[::-1] / ref).reshape(10, 20), 1.0, 1.0, 0.05)
+    assert not same.regression
+
+
+def test_paired_interval_widens_when_windows_disagree():
+    # rounds inside a window are correlated: the interval must come from whole windows, so
+    # two windows reading +8% and -2% give a wide interval however many rounds each has
+    from edgeprune.comparison import compare_paired
+    tight = compare_paired([np.log(np.full(50, 1.08))] * 2 + [np.log(np.full(50, 1.07))] * 2, 1, 1, 0.05)
+    loose = compare_paired([np.log(np.full(50, 1.08)), np.log(np.full(50, 0.98))] * 2, 1, 1, 0.05)
+    assert tight.regression
+    assert loose.low < 1 and not loose.regression
+    with pytest.raises(ValueError, match="finite"):
+        compare_paired([[float("nan")]], 1, 1)

@@ -180,3 +180,36 @@ def test_pinned_also_moves_threads_started_before_it():
     assert os.sched_getaffinity(seen["tid"]) == before
     done.set()
     t.join()
+
+
+def test_alternation_swaps_the_order_every_round_and_pairs_blocks():
+    # each call logs which model ran; model b sleeps twice as long as a, and is made slow for
+    # a stretch of rounds together with a (a neighbour): the pairs' log ratios stay ~log 2
+    from edgeprune.timing import MIN_BLOCK_RUNS, MIN_ROUNDS, measure_alternating
+    log: list[str] = []
+
+    def model(name: str, sleep_s: float):
+        def run():
+            log.append(name)
+            time.sleep(sleep_s * (3 if 40 < len(log) < 80 else 1))
+        return run
+
+    spec = TimingSpec(warmup_s=0, min_time_s=0, windows=2)
+    alt = measure_alternating(model("a", 0.0005), model("b", 0.001), spec, block_s=0.0)
+    assert len(alt.rounds_ms) == 2 and all(len(w) == MIN_ROUNDS for w in alt.rounds_ms)
+    timed = "".join(log[2 * MIN_BLOCK_RUNS:])  # after each model's warm-up runs
+    blocks = [timed[i:i + MIN_BLOCK_RUNS] for i in range(0, len(timed), MIN_BLOCK_RUNS)]
+    assert all(len(set(b)) == 1 for b in blocks)  # a block is one model's consecutive runs
+    assert "".join(b[0] for b in blocks) == "abba" * (len(blocks) // 4) + "ab" * (len(blocks) % 4 // 2)
+    ratios = [r for w in alt.log_ratios for r in w]
+    assert len(ratios) == 2 * MIN_ROUNDS and sorted(ratios)[len(ratios) // 2] == pytest.approx(0.69, abs=0.25)
+    a, b = alt.latencies
+    assert a.runs == b.runs == 2 * MIN_ROUNDS * MIN_BLOCK_RUNS and len(a.window_medians_ms) == 2
+
+
+def test_pinning_prefers_the_cpu_the_scheduler_chose():
+    # concurrent measuring processes must not all stack onto one fixed CPU
+    from edgeprune.timing import choose_cpus
+    assert choose_cpus({0, 1}, 1, current=0) == [0] and choose_cpus({0, 1}, 1, current=1) == [1]
+    assert choose_cpus({0, 1, 2, 3}, 2, current=2) == [2, 0]
+    assert choose_cpus({4, 5}, 1, current=None) == [4] and choose_cpus({0, 1}, 8, current=1) == [1, 0]

@@ -2,14 +2,17 @@
 planted 10% slowdown, and the time one ``edgeprune check`` takes, through the real command line.
 
     python tools/bench_check.py --repeats 20 --out runs/bench_check          # the benchmark
+    python tools/bench_check.py --repeats 20 --mode absolute --out runs/bench_check_abs
     python tools/bench_check.py --repeats 2 --slow-channels 16 --out /tmp/bc # a quick smoke run
 
 The model is ResNet-18 (random init) at 32 px exported by edgeprune. The slowed model is the same
 network plus a real extra branch on the input (two 3x3 convolutions with C channels, pooled and
 added to the logits with a small weight, so no runtime can drop it); C is tuned by bisection so
 that the two models' interleaved latency ratio is about 1.10, and the ratio actually reached is
-reported. Each baseline is recorded with ``check --update``; then unchanged and slowed checks
-alternate (order shuffled per pair, seeded). Checks pass ``--budget-ms 1000`` so only the
+reported. Each baseline is recorded with ``check --update`` (which keeps a frozen copy of the
+model); then unchanged and slowed checks alternate (order shuffled per pair, seeded). ``--mode
+paired`` (the default, what `check` does) runs the frozen copy beside the checked model;
+``--mode absolute`` judges against the baseline's recorded numbers (``check --absolute``). Checks pass ``--budget-ms 1000`` so only the
 regression statistic decides. False alarms are unchanged checks that exit 1 (a regression, or
 "inconclusive": too busy to confirm); detections are slowed checks that report a regression.
 Both are also given without the confirmation step (the first measurement's own verdict, from
@@ -30,7 +33,7 @@ import numpy as np  # noqa: I001
 import torch
 import torch.nn as nn
 
-from edgeprune.check import check_timing, latency_of
+from edgeprune.check import check_timing
 from edgeprune.export import export_artifact
 from edgeprune.models import build_model
 from edgeprune.targets import get_target
@@ -51,12 +54,10 @@ class Slowed(nn.Module):
 
 
 def interleaved_ratio(target, base: Path, slow: Path, rounds: int = 1) -> float:
-    """Median over ``rounds`` of the slowed/base latency ratio, both measured interleaved."""
+    """Median over ``rounds`` of the slowed/base latency ratio, measured in alternating blocks."""
     timing = check_timing(target.spec.timing)
-    ratios = []
-    for _ in range(rounds):
-        a, b = target.measure_many([base, slow], timing)
-        ratios.append(latency_of(b.window_medians_ms or (b.median_ms,)) / latency_of(a.window_medians_ms or (a.median_ms,)))
+    ratios = [float(np.exp(np.median(np.concatenate(target.measure_alternating(base, slow, timing).log_ratios))))
+              for _ in range(rounds)]
     return float(statistics.median(ratios))
 
 
@@ -92,7 +93,8 @@ def make_models(args, out: Path):
 
 def run_check(args, artifact: Path, baseline: Path, update: bool = False) -> dict:
     cmd = [sys.executable, "-m", "edgeprune.cli", "check", str(artifact), "--target", args.target,
-           "--baseline", str(baseline), "--budget-ms", "1000", "--tolerance", str(args.tolerance), "--json"]
+           "--baseline", str(baseline), "--budget-ms", "1000", "--tolerance", str(args.tolerance), "--json",
+           *(["--absolute"] if args.mode == "absolute" and not update else [])]
     t0 = time.perf_counter()
     r = subprocess.run(cmd + (["--update"] if update else []), capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -104,7 +106,8 @@ def run_check(args, artifact: Path, baseline: Path, update: bool = False) -> dic
             "ratio": (c["comparison"] or {}).get("ratio"), "ci": (c["comparison"] or {}).get("ci"),
             "first_ratio": first.get("ratio"), "first_flagged": bool(first.get("regression")),
             "regression": c["regression"], "status": c["status"], "attempts": len(c["attempts"]),
-            "max_cpu_wait": max((a["cpu_wait"] or 0) for a in c["attempts"]), "latency_ms": c["latency_ms"]}
+            "max_cpu_wait": max((a["cpu_wait"] or 0) for a in c["attempts"]), "latency_ms": c["latency_ms"],
+            "method": (c["comparison"] or {}).get("method"), "drift": (c.get("drift") or {}).get("ratio")}
 
 
 def main() -> None:
@@ -114,6 +117,9 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--target", default="ort-cpu")
+    p.add_argument("--mode", choices=["paired", "absolute"], default="paired",
+                   help="paired: checks run the baseline's frozen copy beside the model (the default); "
+                        "absolute: checks judge against the baseline's recorded numbers (--absolute)")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--slowdown", type=float, default=0.10, help="planted slowdown to tune for")
     p.add_argument("--slow-channels", type=int, help="skip tuning: extra-branch channels")
@@ -152,6 +158,7 @@ def summarise(rows: list[dict], args, channels: int, planted: float) -> dict:
     slow = [r for r in rows if r["kind"] == "slowed"]
     return {
         "model": args.model, "input_size": args.input_size, "target": args.target, "tolerance": args.tolerance,
+        "mode": args.mode, "drift_range": _range([r["drift"] for r in rows if r["drift"]]),
         "repeats": args.repeats, "baselines": args.baselines, "slow_channels": channels,
         "planted_ratio_interleaved": round(planted, 4),
         "planted_ratio_median_check": round(statistics.median(r["ratio"] for r in slow), 4) if slow else None,
@@ -170,19 +177,25 @@ def summarise(rows: list[dict], args, channels: int, planted: float) -> dict:
     }
 
 
+def _range(values: list[float]) -> list[float] | None:
+    return [min(values), max(values)] if values else None
+
+
 def markdown(s: dict) -> str:
     return "\n".join([
-        "| checks | false alarms (goal ≤5%) | without confirm | planted slowdown (interleaved / median check) | "
+        "| mode | checks | false alarms (goal ≤5%) | without confirm | planted slowdown (interleaved / median check) | "
         "detected (goal ≥95%) | without confirm | one check: wall s (unchanged / slowed) | of which measuring s |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {s['repeats']} + {s['repeats']} | {s['false_alarm_rate']:.0%} | {s['false_alarm_rate_without_confirm']:.0%} | "
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {s['mode']} | {s['repeats']} + {s['repeats']} | {s['false_alarm_rate']:.0%} | {s['false_alarm_rate_without_confirm']:.0%} | "
         f"{s['planted_ratio_interleaved']:.3f} / {s['planted_ratio_median_check']:.3f} | {s['detection_rate']:.0%} | "
         f"{s['detection_rate_without_confirm']:.0%} | {s['check_wall_s_unchanged_median']:.1f} / "
         f"{s['check_wall_s_slowed_median']:.1f} | {s['check_measure_s_median']:.1f} |",
         "", f"unchanged model's ratios ranged {s['unchanged_ratio_range'][0]:.3f}–{s['unchanged_ratio_range'][1]:.3f}; "
         f"tolerance {s['tolerance']:.0%}, {s['baselines']} baseline(s), slowed model: {s['slow_channels']} extra channels; "
         f"inconclusive (machine busy): {s['inconclusive_unchanged']} unchanged, {s['inconclusive_slowed']} slowed; "
-        f"checks with a measurement waiting >5% for the CPU: {s['busy_checks']}.", ""])
+        f"checks with a measurement waiting >5% for the CPU: {s['busy_checks']}"
+        + (f"; the baseline's own artifact read {s['drift_range'][0]:.3f}–{s['drift_range'][1]:.3f}× its recorded "
+           f"latency (host drift)." if s.get("drift_range") else "."), ""])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..spec import TargetSpec, TimingSpec
-from ..timing import Latency, measure_interleaved, pinned
+from ..timing import Alternation, Latency, measure_alternating, measure_interleaved, pinned
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,13 @@ class Target(ABC):
         compiled = [self.compile(p) for p in onnx_paths]
         with pinned(self.spec.threads):
             return measure_interleaved([c.run_once for c in compiled], timing or self.spec.timing)
+
+    def measure_alternating(self, path_a, path_b, timing: TimingSpec | None = None) -> Alternation:
+        """Two models in short alternating blocks (``timing.measure_alternating``): the
+        measurement a same-run comparison rests on."""
+        a, b = self.compile(path_a), self.compile(path_b)
+        with pinned(self.spec.threads):
+            return measure_alternating(a.run_once, b.run_once, timing or self.spec.timing)
 
     def artifact_kind(self) -> str:
         """The export format (``edgeprune.export.KINDS``) this target deploys; the pipeline

@@ -7,6 +7,7 @@ real device and is never used as evidence that one works.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -66,6 +67,14 @@ class FakeTarget(Target):
         return [Latency.from_samples([RUN_OVERHEAD_MS + sum(t.ms for t in self.layer_times(p))] * 5)
                 for p in onnx_paths]
 
+
+    def measure_alternating(self, path_a, path_b, timing=None):
+        """Constant blocks of each model's analytic latency, in the real protocol's shape."""
+        from ..timing import Alternation
+        a, b = self.measure_many([path_a, path_b], timing)
+        windows = (timing.windows if timing else 3)
+        rounds = tuple(tuple((a.median_ms, b.median_ms) for _ in range(5)) for _ in range(windows))
+        return Alternation(rounds, tuple(replace(x, window_medians_ms=(x.median_ms,) * windows) for x in (a, b)))
 
 def _ceil8(c: int) -> int:
     return 8 * math.ceil(c / 8)

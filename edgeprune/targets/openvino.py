@@ -82,9 +82,11 @@ class OpenVinoTarget(Target):
                                  f"OpenVINO sees: {', '.join(available) or 'no devices'}")
 
     def _device_properties(self, core, dev: str) -> dict:
-        """One latency-bound stream, ``threads`` inference threads, the spec's precision; only
-        the properties the device's plugin reports as writable (GPU/NPU/FPGA plugins differ)."""
-        wanted = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+        """One latency-bound stream, ``threads`` inference threads, the spec's precision, and no
+        CPU pinning of OpenVINO's own (it re-pins the calling thread on every inference, undoing
+        ``timing.pinned``); only the properties the device's plugin reports as writable
+        (GPU/NPU/FPGA plugins differ)."""
+        wanted = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
                   "INFERENCE_NUM_THREADS": self.spec.threads,
                   "INFERENCE_PRECISION_HINT": PRECISION_HINTS[self.spec.precision]}
         try:
