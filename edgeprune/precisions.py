@@ -106,6 +106,13 @@ def compare_precisions(job: PrecisionJob) -> dict:
         "fingerprint": s.target.fingerprint(),
     }
     write_precisions(result, run)
+    from .report import write_report
+    keep = ("precision", "path", "size_bytes", "median_ms", "p90_ms", "speedup_vs_fp32", "accuracy",
+            "accuracy_delta_vs_fp32", "f1")
+    write_report({**report, "precisions": {  # the run's report gains a Precisions section
+        "target": s.spec.name, "test_images": result["test_images"],
+        "calibration_images": result["calibration_images"],
+        "rows": [{k: row[k] for k in keep} for row in rows]}}, run)
     return result
 
 
@@ -181,12 +188,7 @@ def write_precisions(result: dict, run: Path) -> tuple[Path, Path]:
 
 
 def render_markdown(r: dict) -> str:
-    from .report import fmt_mega, fmt_ms, fmt_pct, fmt_speedup, md_table
-    header = ("precision", "artifact", "size (MB)", "median", "p90", "speed-up vs FP32",
-              "accuracy", "Δ accuracy", "macro F1")
-    rows = [(x["precision"].upper(), f"`{Path(x['path']).name}`", fmt_mega(x["size_bytes"], 2), fmt_ms(x["median_ms"]),
-             fmt_ms(x["p90_ms"]), fmt_speedup(x["speedup_vs_fp32"]), fmt_pct(x["accuracy"]),
-             f"{100 * x['accuracy_delta_vs_fp32']:+.1f} pt", f"{x['f1']:.3f}") for x in r["rows"]]
+    from .report import precision_table
     ops = r.get("int8_ops") or {}
     notes = [
         f"Latency on `{r['target']}` (OpenVINO {r['versions']['runtime']}, inference precision "
@@ -199,7 +201,7 @@ def render_markdown(r: dict) -> str:
         "FP16 stores weights in half precision; the device computes at its inference precision.",
     ]
     title = f"# Precisions: {r['model']} on {r['target']}"
-    return "\n\n".join([title, "\n".join(md_table(header, rows)), *notes]) + "\n"
+    return "\n\n".join([title, "\n".join(precision_table(r["rows"])), *notes]) + "\n"
 
 
 def _row(precision: str, path: Path, lat, m: Metrics, fp32_lat, fp32: Metrics) -> dict:

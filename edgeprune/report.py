@@ -218,6 +218,25 @@ def _artifact(r: dict) -> list[str]:
     return _section("Artifacts", md_table(("path", "kind", "max abs diff vs PyTorch"), rows))
 
 
+def precision_table(rows: list[dict]) -> list[str]:
+    """FP32 / FP16 / INT8 rows of ``edgeprune quantize`` as a Markdown table."""
+    header = ("precision", "artifact", "size (MB)", "median", "p90", "speed-up vs FP32",
+              "accuracy", "Δ accuracy", "macro F1")
+    return md_table(header, [(x["precision"].upper(), f"`{Path(x['path']).name}`", fmt_mega(x["size_bytes"], 2),
+                              fmt_ms(x["median_ms"]), fmt_ms(x["p90_ms"]), fmt_speedup(x["speedup_vs_fp32"]),
+                              fmt_pct(x["accuracy"]), f"{100 * x['accuracy_delta_vs_fp32']:+.1f} pt",
+                              f"{x['f1']:.3f}") for x in rows])
+
+
+def _precisions(r: dict) -> list[str]:
+    p = r.get("precisions")
+    if not p:
+        return []
+    return _section("Precisions (edgeprune quantize)", precision_table(p["rows"]) + [
+        "", f"Measured interleaved on {p['target']}; accuracy on {p['test_images']} test images; "
+            f"INT8 calibrated on {p['calibration_images']} training images. Details: precisions.md."])
+
+
 def _versions(r: dict) -> list[str]:
     versions = r.get("versions") or {}
     rows = [(k, fmt_text(v)) for k, v in versions.items()]
@@ -225,7 +244,7 @@ def _versions(r: dict) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
-    _summary, _model, _layers, _rounds, _table, _stages, _finetune, _artifact, _versions)
+    _summary, _model, _layers, _rounds, _table, _stages, _finetune, _artifact, _precisions, _versions)
 
 
 def render_markdown(report: dict) -> str:

@@ -92,6 +92,9 @@ def test_precisions_json_compares_three_precisions(quantized):
     assert rows["fp32"]["speedup_vs_fp32"] == pytest.approx(1.0)
     md = (run / "precisions.md").read_text()
     assert "| FP32 |" in md and "| INT8 |" in md and "interleaved" in md
+    report = json.loads((run / "report.json").read_text())  # the run's report gains the comparison
+    assert [x["precision"] for x in report["precisions"]["rows"]] == ["fp32", "fp16", "int8"]
+    assert report["widths"] and "## Precisions (edgeprune quantize)" in (run / "report.md").read_text()
     assert json.loads(r.stdout) == result  # --json: stdout is the result alone (NNCF's progress goes to stderr)
 
 
