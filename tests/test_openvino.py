@@ -79,6 +79,22 @@ def test_compiled_model_runs_one_thread_one_stream_fp32_without_counters(target,
     compiled.run_once()
 
 
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs at least two CPUs")
+def test_inference_keeps_the_measuring_threads_pinning(target, tiny):
+    # OpenVINO's own CPU pinning re-pinned the calling thread on every inference, undoing
+    # timing.pinned (two measuring processes then shared one CPU and read 4x slow)
+    import os
+
+    from edgeprune.timing import pinned
+    compiled = target.compile(tiny[1])
+    assert str(compiled.compiled_model.get_property("ENABLE_CPU_PINNING")) in ("False", "NO")
+    with pinned(1):
+        mine = os.sched_getaffinity(0)
+        for _ in range(3):
+            compiled.run_once()
+        assert os.sched_getaffinity(0) == mine and len(mine) == 1
+
+
 def test_measure_gives_a_latency(target, tiny):
     lat = target.measure(tiny[1])
     assert 0 < lat.min_ms <= lat.median_ms <= lat.p90_ms

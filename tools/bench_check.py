@@ -1,22 +1,27 @@
 """Regression-check benchmark (issue 4): false alarms on an unchanged model, detection of a real
 planted 10% slowdown, and the time one ``edgeprune check`` takes, through the real command line.
 
-    python tools/bench_check.py --repeats 20 --out runs/bench_check          # the benchmark
+    python tools/bench_check.py --repeats 20 --out runs/bench_check4        # the benchmark
+    python tools/bench_check.py --repeats 20 --slowdown-kind branch --out runs/bench_check3
     python tools/bench_check.py --repeats 20 --mode absolute --out runs/bench_check_abs
-    python tools/bench_check.py --repeats 2 --slow-channels 16 --out /tmp/bc # a quick smoke run
+    python tools/bench_check.py --repeats 2 --slow-setting 0.8 --out /tmp/bc   # a quick smoke run
 
-The model is ResNet-18 (random init) at 32 px exported by edgeprune. The slowed model is the same
-network plus a real extra branch on the input (two 3x3 convolutions with C channels, pooled and
-added to the logits with a small weight, so no runtime can drop it); C is tuned by bisection so
-that the two models' interleaved latency ratio is about 1.10, and the ratio actually reached is
-reported. Each baseline is recorded with ``check --update`` (which keeps a frozen copy of the
+The model is ResNet-18 (random init) at 32 px exported by edgeprune. ``--slowdown-kind wider``
+(the default): the unchanged model has every channel group at 75% of its channels, the slowed
+one more channels everywhere, a model change made of the same kind of work, so its ratio to
+the base holds however busy the host is. ``branch``: the full network plus an extra branch on
+the input (two 3x3 convolutions with C channels, pooled and added to the logits with a small
+weight, so no runtime can drop it); that ratio shrinks when the host's memory is contended,
+since the branch is compute while ResNet-18 at 32 px is weight traffic. The knob (keep share or
+C) is tuned by bisection for an interleaved ratio of about 1.10, and the ratio actually reached
+is reported. Each baseline is recorded with ``check --update`` (which keeps a frozen copy of the
 model); then unchanged and slowed checks alternate (order shuffled per pair, seeded). ``--mode
 paired`` (the default, what `check` does) runs the frozen copy beside the checked model;
-``--mode absolute`` judges against the baseline's recorded numbers (``check --absolute``). Checks pass ``--budget-ms 1000`` so only the
-regression statistic decides. False alarms are unchanged checks that exit 1 (a regression, or
-"inconclusive": too busy to confirm); detections are slowed checks that report a regression.
-Both are also given without the confirmation step (the first measurement's own verdict, from
-the same runs).
+``--mode absolute`` judges against the baseline's recorded numbers (``check --absolute``).
+Checks pass ``--budget-ms 1000`` so only the regression statistic decides. False alarms are
+unchanged checks that exit 1 (a regression, or "inconclusive": too busy to confirm); detections
+are slowed checks that report a regression. Both are also given without the confirmation step
+(the first measurement's own verdict, from the same runs).
 """
 from __future__ import annotations
 
@@ -66,29 +71,39 @@ def make_models(args, out: Path):
     model = build_model(args.model, num_classes=10).eval()
     shape = (1, 3, args.input_size, args.input_size)
     meta = {"model": args.model, "target": args.target}
-    base = export_artifact(model, "onnx", out / "base.onnx", shape, meta).path
     target = get_target(args.target)
+    if args.slowdown_kind == "wider":
+        from edgeprune.groups import analyse
+        from edgeprune.prune import prune_to_widths
+        full = analyse(model, shape).full_widths()
 
-    def slowed(channels: int) -> Path:
-        torch.manual_seed(1)
-        return export_artifact(Slowed(model, channels).eval(), "onnx", out / "slow.onnx", shape, meta).path
+        def at(keep: float, path: Path) -> Path:  # every group at `keep` of its channels
+            widths = {g: max(8, 8 * round(c * keep / 8)) for g, c in full.items()}
+            return export_artifact(prune_to_widths(model, shape, widths), "onnx", path, shape, meta).path
 
-    if args.slow_channels:
-        channels = args.slow_channels
-    else:  # bisection on the channel count for the wanted ratio (cost ~ channels^2)
+        base = at(args.base_keep, out / "base.onnx")
+        lo, hi, knob = args.base_keep, 1.0, lambda v: at(v, out / "slow.onnx")
+    else:
+        base = export_artifact(model, "onnx", out / "base.onnx", shape, meta).path
         lo, hi = 1, 128
+
+        def knob(channels) -> Path:
+            torch.manual_seed(1)
+            return export_artifact(Slowed(model, int(channels)).eval(), "onnx", out / "slow.onnx", shape, meta).path
+
+    if args.slow_setting:
+        setting = args.slow_setting
+    else:  # bisection on the knob for the wanted ratio
         for _ in range(args.tune_steps):
-            mid = (lo + hi) // 2
-            r = interleaved_ratio(target, base, slowed(mid))
-            print(f"tuning: {mid} channels -> ratio {r:.3f}", flush=True)
+            mid = (lo + hi) / 2 if args.slowdown_kind == "wider" else (lo + hi) // 2
+            r = interleaved_ratio(target, base, knob(mid))
+            print(f"tuning: {args.slowdown_kind} {mid:g} -> ratio {r:.3f}", flush=True)
             lo, hi = (mid, hi) if r < 1 + args.slowdown else (lo, mid)
-            if hi - lo <= 1:
-                break
-        channels = (lo + hi) // 2
-    slow = slowed(channels)
+        setting = (lo + hi) / 2 if args.slowdown_kind == "wider" else (lo + hi) // 2
+    slow = knob(setting)
     ratio = interleaved_ratio(target, base, slow, rounds=args.ratio_rounds)
-    print(f"slowed model: {channels} extra channels, interleaved ratio {ratio:.3f}", flush=True)
-    return base, slow, channels, ratio
+    print(f"slowed model: {args.slowdown_kind} {setting:g}, interleaved ratio {ratio:.3f}", flush=True)
+    return base, slow, setting, ratio
 
 
 def run_check(args, artifact: Path, baseline: Path, update: bool = False) -> dict:
@@ -122,7 +137,13 @@ def main() -> None:
                         "absolute: checks judge against the baseline's recorded numbers (--absolute)")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--slowdown", type=float, default=0.10, help="planted slowdown to tune for")
-    p.add_argument("--slow-channels", type=int, help="skip tuning: extra-branch channels")
+    p.add_argument("--slowdown-kind", choices=["wider", "branch"], default="wider",
+                   help="wider: the base is the model with every group at --base-keep of its channels, "
+                        "the slowed one has more channels everywhere (the same kind of work, so the "
+                        "ratio holds however busy the host is); branch: the full model plus an extra "
+                        "convolution branch on the input")
+    p.add_argument("--base-keep", type=float, default=0.75, help="wider: the base model's share of channels")
+    p.add_argument("--slow-setting", type=float, help="skip tuning: wider keep share, or branch channels")
     p.add_argument("--tune-steps", type=int, default=7)
     p.add_argument("--ratio-rounds", type=int, default=3, help="interleaved measurements of the final ratio")
     p.add_argument("--seed", type=int, default=0)
@@ -131,7 +152,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base, slow, channels, planted = make_models(args, out)
+    base, slow, setting, planted = make_models(args, out)
     rng = np.random.default_rng(args.seed)
     rows = []
     blocks = np.array_split(np.arange(args.repeats), max(1, min(args.baselines, args.repeats)))
@@ -147,19 +168,20 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     (out / "checks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = summarise(rows, args, channels, planted)
+    summary = summarise(rows, args, setting, planted)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary))
     print(markdown(summary))
 
 
-def summarise(rows: list[dict], args, channels: int, planted: float) -> dict:
+def summarise(rows: list[dict], args, setting: float, planted: float) -> dict:
     same = [r for r in rows if r["kind"] == "unchanged"]
     slow = [r for r in rows if r["kind"] == "slowed"]
     return {
         "model": args.model, "input_size": args.input_size, "target": args.target, "tolerance": args.tolerance,
         "mode": args.mode, "drift_range": _range([r["drift"] for r in rows if r["drift"]]),
-        "repeats": args.repeats, "baselines": args.baselines, "slow_channels": channels,
+        "repeats": args.repeats, "baselines": args.baselines, "slowdown_kind": args.slowdown_kind,
+        "slow_setting": setting,
         "planted_ratio_interleaved": round(planted, 4),
         "planted_ratio_median_check": round(statistics.median(r["ratio"] for r in slow), 4) if slow else None,
         "false_alarm_rate": sum(r["exit_code"] == 1 for r in same) / len(same),
@@ -191,7 +213,7 @@ def markdown(s: dict) -> str:
         f"{s['detection_rate_without_confirm']:.0%} | {s['check_wall_s_unchanged_median']:.1f} / "
         f"{s['check_wall_s_slowed_median']:.1f} | {s['check_measure_s_median']:.1f} |",
         "", f"unchanged model's ratios ranged {s['unchanged_ratio_range'][0]:.3f}–{s['unchanged_ratio_range'][1]:.3f}; "
-        f"tolerance {s['tolerance']:.0%}, {s['baselines']} baseline(s), slowed model: {s['slow_channels']} extra channels; "
+        f"tolerance {s['tolerance']:.0%}, {s['baselines']} baseline(s), slowed model: {s['slowdown_kind']} {s['slow_setting']:g}; "
         f"inconclusive (machine busy): {s['inconclusive_unchanged']} unchanged, {s['inconclusive_slowed']} slowed; "
         f"checks with a measurement waiting >5% for the CPU: {s['busy_checks']}"
         + (f"; the baseline's own artifact read {s['drift_range'][0]:.3f}–{s['drift_range'][1]:.3f}× its recorded "
