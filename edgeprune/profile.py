@@ -4,9 +4,9 @@ Design: with ``m`` width levels per group (m prime) and a colouring of groups su
 the two groups of any layer differ in colour, configuration (i, j) gives group g the level
 (i + j * colour[g]) mod m. Every layer then sees every (c_in level, c_out level) pair exactly
 once in m*m whole-model runs, measured by the runtime's own per-node profiler, so fusion and
-layout effects are part of each layer's cost. End-to-end runs of the unpruned model and of
-random configurations (``sample_configs``: lean to nearly unpruned) calibrate the profiler's sum
-(``edgeprune.calibration``); other random configurations measure the table's error.
+layout effects are part of each layer's cost. End-to-end runs of random configurations
+calibrate the profiler's sum (``edgeprune.calibration``); other random configurations
+measure the table's error.
 """
 from __future__ import annotations
 
@@ -35,8 +35,6 @@ from .targets.base import NodeTime, Target
 
 E2E_TIMING = TimingSpec(warmup_s=0.2, min_runs=10, min_time_s=0.1, max_time_s=5, windows=5)
 MEASURE_CHUNK = 20  # configurations measured interleaved at once (each holds a compiled session)
-SAMPLER = "mixed-1"  # how configurations are drawn: part of a partial profile's identity
-LEVEL_JITTER = 0.15  # sample_configs: a group's width within this share of its channels of the level
 
 
 @dataclass
@@ -80,10 +78,8 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     colours = colour_groups(structure, m)
     design = [{g: levels[g][(i + j * colours[g]) % m] for g in levels} for j in range(m) for i in range(m)]
     rng = np.random.default_rng(cfg.seed + 1)
-    checks = sample_configs(structure, cfg, rng, cfg.validate)
-    # the unpruned model anchors the calibration: every budget is a share of it, and with all
-    # its weights it is where the runtime leaves the caches (BENCHMARKS.md)
-    calib = ([structure.full_widths()] + sample_configs(structure, cfg, rng, cfg.calibrate - 1)) if cfg.calibrate else []
+    checks = [random_widths(structure, cfg, rng) for _ in range(cfg.validate)]
+    calib = [random_widths(structure, cfg, rng) for _ in range(cfg.calibrate)]
     partial = Partial(Path(out), _key(meta, levels, cfg))
     chunks = [calib[k:k + MEASURE_CHUNK] for k in range(0, len(calib), MEASURE_CHUNK)]
     with tempfile.TemporaryDirectory() as work, bar(f"profile {model_name}", len(design) + len(chunks) + 1, cfg.progress) as advance:
@@ -285,27 +281,14 @@ def _fill(ms: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_widths(structure: Structure, cfg: ProfileConfig, rng: np.random.Generator,
-                  level: float | None = None) -> dict[str, int]:
-    """A random configuration on the round_to lattice: each group's width uniform over its
-    range, or (``level``) jittered by ±LEVEL_JITTER of its channels around ``level`` of them."""
+def random_widths(structure: Structure, cfg: ProfileConfig, rng: np.random.Generator) -> dict[str, int]:
+    """A random configuration on the round_to lattice, for measuring the table's error."""
     out = {}
     for g in structure.groups.values():
         lo = min(g.channels, max(cfg.round_to, _round_up(g.channels * cfg.min_ratio, cfg.round_to)))
         choices = sorted(set(range(lo, g.channels + 1, cfg.round_to)) | {g.channels})
-        if level is not None:
-            near = [c for c in choices if abs(c / g.channels - level) <= LEVEL_JITTER]
-            choices = near or [min(choices, key=lambda c: abs(c / g.channels - level))]
         out[g.name] = int(rng.choice(choices))
     return out
-
-
-def sample_configs(structure: Structure, cfg: ProfileConfig, rng: np.random.Generator, n: int) -> list[dict[str, int]]:
-    """``n`` random configurations, alternately uniform per group (varied shapes) and jittered
-    around one keep level drawn for the whole model (lean to nearly unpruned: where searches
-    for 35-70% budgets land, and where a model's weights stop fitting the caches)."""
-    return [random_widths(structure, cfg, rng, None if k % 2 == 0 else float(rng.uniform(cfg.min_ratio, 1.0)))
-            for k in range(n)]
 
 
 class Partial:
@@ -345,5 +328,5 @@ def _round_up(x: float, step: int) -> int:
 
 def _key(meta: dict, levels: dict, cfg: ProfileConfig) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
-    blob = json.dumps([meta, levels, settings, SAMPLER], sort_keys=True, default=str)
+    blob = json.dumps([meta, levels, settings], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -4,16 +4,16 @@ planted 10% slowdown, and the time one ``edgeprune check`` takes, through the re
     python tools/bench_check.py --repeats 20 --out runs/bench_check4        # the benchmark
     python tools/bench_check.py --repeats 20 --slowdown-kind branch --out runs/bench_check3
     python tools/bench_check.py --repeats 20 --mode absolute --out runs/bench_check_abs
-    python tools/bench_check.py --repeats 2 --slow-setting 0.8 --out /tmp/bc   # a quick smoke run
+    python tools/bench_check.py --repeats 2 --slow-setting 6 --out /tmp/bc   # a quick smoke run
 
 The model is ResNet-18 (random init) at 32 px exported by edgeprune. ``--slowdown-kind wider``
-(the default): the unchanged model has every channel group at 75% of its channels, the slowed
-one more channels everywhere, a model change made of the same kind of work, so its ratio to
-the base holds however busy the host is. ``branch``: the full network plus an extra branch on
-the input (two 3x3 convolutions with C channels, pooled and added to the logits with a small
-weight, so no runtime can drop it); that ratio shrinks when the host's memory is contended,
-since the branch is compute while ResNet-18 at 32 px is weight traffic. The knob (keep share or
-C) is tuned by bisection for an interleaved ratio of about 1.10, and the ratio actually reached
+(the default): the unchanged model has every channel group at 75% of its channels (multiples of
+16), the slowed one 16 more channels in each of its S widest groups (round robin): a model
+change made of the same kind of work, so its ratio to the base holds however busy the host is.
+``branch``: the full network plus an extra branch on the input (two 3x3 convolutions with C
+channels, pooled and added to the logits with a small weight, so no runtime can drop it); that ratio shrinks when the host's memory is contended,
+since the branch is compute while ResNet-18 at 32 px is weight traffic. The knob (S or C) is
+tuned by bisection for an interleaved ratio of about 1.10, and the ratio actually reached
 is reported. Each baseline is recorded with ``check --update`` (which keeps a frozen copy of the
 model); then unchanged and slowed checks alternate (order shuffled per pair, seeded). ``--mode
 paired`` (the default, what `check` does) runs the frozen copy beside the checked model;
@@ -76,13 +76,21 @@ def make_models(args, out: Path):
         from edgeprune.groups import analyse
         from edgeprune.prune import prune_to_widths
         full = analyse(model, shape).full_widths()
+        start = {g: max(16, 16 * round(c * args.base_keep / 16)) for g, c in full.items()}
+        order = sorted(full, key=lambda g: (-full[g], g))  # widest groups first, round robin
 
-        def at(keep: float, path: Path) -> Path:  # every group at `keep` of its channels
-            widths = {g: max(8, 8 * round(c * keep / 8)) for g, c in full.items()}
-            return export_artifact(prune_to_widths(model, shape, widths), "onnx", path, shape, meta).path
+        def widened(steps: int) -> dict[str, int]:  # `steps` times +16 channels, round robin
+            widths = dict(start)
+            for k in range(int(steps)):
+                g = order[k % len(order)]
+                widths[g] = min(full[g], widths[g] + 16)
+            return widths
 
-        base = at(args.base_keep, out / "base.onnx")
-        lo, hi, knob = args.base_keep, 1.0, lambda v: at(v, out / "slow.onnx")
+        def at(steps: int, path: Path) -> Path:  # multiples of 16: no alignment cliffs
+            return export_artifact(prune_to_widths(model, shape, widened(steps)), "onnx", path, shape, meta).path
+
+        base = at(0, out / "base.onnx")
+        lo, hi, knob = 0, 4 * len(order), lambda v: at(v, out / "slow.onnx")
     else:
         base = export_artifact(model, "onnx", out / "base.onnx", shape, meta).path
         lo, hi = 1, 128
@@ -95,11 +103,13 @@ def make_models(args, out: Path):
         setting = args.slow_setting
     else:  # bisection on the knob for the wanted ratio
         for _ in range(args.tune_steps):
-            mid = (lo + hi) / 2 if args.slowdown_kind == "wider" else (lo + hi) // 2
+            mid = (lo + hi) // 2
             r = interleaved_ratio(target, base, knob(mid))
             print(f"tuning: {args.slowdown_kind} {mid:g} -> ratio {r:.3f}", flush=True)
             lo, hi = (mid, hi) if r < 1 + args.slowdown else (lo, mid)
-        setting = (lo + hi) / 2 if args.slowdown_kind == "wider" else (lo + hi) // 2
+            if hi - lo <= 1:
+                break
+        setting = hi if args.slowdown_kind == "wider" else (lo + hi) // 2
     slow = knob(setting)
     ratio = interleaved_ratio(target, base, slow, rounds=args.ratio_rounds)
     print(f"slowed model: {args.slowdown_kind} {setting:g}, interleaved ratio {ratio:.3f}", flush=True)
@@ -143,7 +153,7 @@ def main() -> None:
                         "ratio holds however busy the host is); branch: the full model plus an extra "
                         "convolution branch on the input")
     p.add_argument("--base-keep", type=float, default=0.75, help="wider: the base model's share of channels")
-    p.add_argument("--slow-setting", type=float, help="skip tuning: wider keep share, or branch channels")
+    p.add_argument("--slow-setting", type=int, help="skip tuning: wider steps S, or branch channels C")
     p.add_argument("--tune-steps", type=int, default=7)
     p.add_argument("--ratio-rounds", type=int, default=3, help="interleaved measurements of the final ratio")
     p.add_argument("--seed", type=int, default=0)
