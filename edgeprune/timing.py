@@ -5,10 +5,8 @@ Written once so a number from ort-cpu and one from a remote board mean the same 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -163,63 +161,6 @@ def _timed(run_once: Callable[[], object], runs: int) -> list[float]:
         run_once()
         out.append((clock() - t0) * 1e3)
     return out
-
-
-@contextmanager
-def pinned(threads: int):
-    """Restrict every thread of this process to ``threads`` CPUs while measuring (Linux), then
-    restore. Every thread, not only the caller: sched_setaffinity(0) moves the calling thread
-    alone, and runtimes (OpenVINO's CPU streams) start their workers when the model is compiled,
-    before measuring starts, so those would stay free to migrate.
-
-    Which CPUs: the one this thread is running on first (the scheduler put it where there was
-    room), then the others in order. A fixed choice (say, the last CPU) stacks every concurrent
-    measuring process onto one CPU, where a runtime whose caller spins while its worker computes
-    (OpenVINO) reads 6-13x slow: a scheduler time slice per inference."""
-    if not hasattr(os, "sched_getaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    cpus = set(choose_cpus(before, threads, _current_cpu()))
-    saved = {tid: _set_affinity(tid, cpus) for tid in _threads()}
-    try:
-        yield
-    finally:
-        for tid in _threads():
-            _set_affinity(tid, saved.get(tid) or before)
-
-
-def choose_cpus(allowed: set[int], threads: int, current: int | None) -> list[int]:
-    """``threads`` of the ``allowed`` CPUs, the ``current`` one first."""
-    order = sorted(allowed, key=lambda c: (c != current, c))
-    return order[:max(1, threads)]
-
-
-def _current_cpu() -> int | None:
-    """The CPU this thread last ran on (Linux /proc), else None."""
-    try:
-        with open("/proc/thread-self/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[36])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _threads() -> list[int]:
-    """Thread ids of this process (just this thread where /proc is absent)."""
-    try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        return [0]
-
-
-def _set_affinity(tid: int, cpus: set[int]) -> set[int] | None:
-    """Set a thread's CPUs; its previous set, or None if it could not be changed (gone, denied)."""
-    try:
-        previous = os.sched_getaffinity(tid)
-        os.sched_setaffinity(tid, cpus)
-        return previous
-    except OSError:
-        return None
 
 
 def _window(run_once: Callable[[], object], spec: TimingSpec) -> list[float]:

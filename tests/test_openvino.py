@@ -85,7 +85,7 @@ def test_inference_keeps_the_measuring_threads_pinning(target, tiny):
     # timing.pinned (two measuring processes then shared one CPU and read 4x slow)
     import os
 
-    from edgeprune.timing import pinned
+    from edgeprune.cpus import pinned
     compiled = target.compile(tiny[1])
     assert str(compiled.compiled_model.get_property("ENABLE_CPU_PINNING")) in ("False", "NO")
     with pinned(1):

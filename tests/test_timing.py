@@ -7,7 +7,8 @@ import time
 import pytest
 
 from edgeprune.spec import TimingSpec
-from edgeprune.timing import Latency, measure, measure_interleaved, pinned, quantile
+from edgeprune.cpus import pinned
+from edgeprune.timing import Latency, measure, measure_interleaved, quantile
 
 
 class Counter:
@@ -209,7 +210,39 @@ def test_alternation_swaps_the_order_every_round_and_pairs_blocks():
 
 def test_pinning_prefers_the_cpu_the_scheduler_chose():
     # concurrent measuring processes must not all stack onto one fixed CPU
-    from edgeprune.timing import choose_cpus
+    from edgeprune.cpus import choose_cpus
     assert choose_cpus({0, 1}, 1, current=0) == [0] and choose_cpus({0, 1}, 1, current=1) == [1]
     assert choose_cpus({0, 1, 2, 3}, 2, current=2) == [2, 0]
     assert choose_cpus({4, 5}, 1, current=None) == [4] and choose_cpus({0, 1}, 8, current=1) == [1, 0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and at least two CPUs")
+def test_concurrent_measurements_claim_different_cpus(tmp_path, monkeypatch):
+    # another edgeprune process measuring on the CPU this one prefers: take the other CPU;
+    # nested pinning in one process reuses its own CPU instead of waiting for itself
+    import fcntl
+    import subprocess
+    import sys
+
+    from edgeprune import cpus
+    monkeypatch.setattr(cpus, "LOCK_DIR", str(tmp_path))
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    monkeypatch.setattr(cpus, "_current_cpu", lambda: first)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(30)"), str(tmp_path / f"cpu{first}.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pinned(1):
+            assert os.sched_getaffinity(0) == {second}
+            with pinned(1):
+                assert os.sched_getaffinity(0) == {second}
+            f = open(tmp_path / f"cpu{second}.lock", "a")
+            with pytest.raises(OSError):  # held by this process while it measures
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released afterwards
+        f.close()
+    finally:
+        holder.kill()

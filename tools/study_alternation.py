@@ -15,7 +15,8 @@ import numpy as np
 
 from edgeprune.spec import TimingSpec
 from edgeprune.targets import get_target
-from edgeprune.timing import measure_alternating, pinned
+from edgeprune.cpus import pinned
+from edgeprune.timing import measure_alternating
 
 
 def main() -> None:

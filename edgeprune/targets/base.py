@@ -12,7 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..spec import TargetSpec, TimingSpec
-from ..timing import Alternation, Latency, measure_alternating, measure_interleaved, pinned
+from ..cpus import pinned
+from ..timing import Alternation, Latency, measure_alternating, measure_interleaved
 
 
 @dataclass(frozen=True)

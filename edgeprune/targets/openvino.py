@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..timing import pinned
+from ..cpus import pinned
 from .base import Compiled, NodeTime, Target, example_input
 
 VIRTUAL_DEVICES = ("HETERO", "MULTI", "AUTO", "BATCH")

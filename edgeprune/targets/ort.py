@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError, unknown
-from ..timing import pinned
+from ..cpus import pinned
 from .base import Compiled, NodeTime, Target, example_input
 
 SUFFIXES = ("_kernel_time", "_nchwc")

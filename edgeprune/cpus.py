@@ -1,0 +1,127 @@
+"""Which CPUs a measurement runs on: pinned, and not shared with another measurement.
+
+Pinning keeps the scheduler from migrating a measurement between cores. Every thread of the
+process is pinned, not only the caller: sched_setaffinity(0) moves the calling thread alone, and
+runtimes (OpenVINO's CPU streams) start their workers when the model is compiled, before
+measuring starts. Two measurements must not share a CPU: OpenVINO's caller waits while its
+worker computes, so two OpenVINO measurements on one CPU pay a scheduler time slice per
+inference and read 3-5x slow (tools/bench_pinning.py, BENCHMARKS.md). Concurrent edgeprune
+processes therefore claim CPUs through lock files: a free CPU if there is one (the one the
+thread runs on first), else they wait for the CPU they prefer, since a measurement that waits
+is worth more than one that shares.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack, contextmanager
+
+LOCK_DIR = os.path.join(tempfile.gettempdir(), "edgeprune-cpus")
+_held: dict[int, int] = {}   # CPU -> how many nested pinned() of this process hold it
+
+
+@contextmanager
+def pinned(threads: int):
+    """Restrict every thread of this process to ``threads`` CPUs while measuring (Linux), then
+    restore. Every thread, not only the caller: sched_setaffinity(0) moves the calling thread
+    alone, and runtimes (OpenVINO's CPU streams) start their workers when the model is compiled,
+    before measuring starts, so those would stay free to migrate.
+
+    Which CPUs: ``threads`` CPUs no other edgeprune process is measuring on, the one this thread
+    runs on first (see the module docstring)."""
+    if not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    with ExitStack() as claims:
+        cpus = set(claim(choose_cpus(before, len(before), _current_cpu()), max(1, threads), claims))
+        saved = {tid: _set_affinity(tid, cpus) for tid in _threads()}
+        try:
+            yield
+        finally:
+            for tid in _threads():
+                _set_affinity(tid, saved.get(tid) or before)
+
+
+def claim(preferred: list[int], n: int, claims: ExitStack) -> list[int]:
+    """``n`` CPUs of ``preferred`` (in that order of preference), locked for this process until
+    ``claims`` closes: free ones if there are enough, else (holding none) wait for the ``n``
+    most preferred in ascending order, so two waiting processes cannot deadlock. Without lock
+    files (no fcntl, unwritable temp dir), the first ``n``."""
+    try:
+        import fcntl
+        os.makedirs(LOCK_DIR, exist_ok=True)
+    except (ImportError, OSError):
+        return preferred[:n]
+    got = [c for c in preferred if c in _held][:n]  # nested in this process: already ours
+    rest = [c for c in preferred if c not in got]
+    with ExitStack() as attempt:
+        new: list[int] = []
+        for cpu in rest:
+            if len(new) == n - len(got):
+                break
+            if _lock(cpu, False, fcntl, attempt):
+                new.append(cpu)
+        if len(new) < n - len(got):
+            attempt.close()
+            new = sorted(rest[:n - len(got)])
+            for cpu in new:
+                _lock(cpu, True, fcntl, attempt)
+        claims.push(attempt.pop_all())
+    for cpu in got + new:
+        _held[cpu] = _held.get(cpu, 0) + 1
+        claims.callback(_release, cpu)
+    return got + new
+
+
+def _lock(cpu: int, blocking: bool, fcntl, claims: ExitStack) -> bool:
+    try:
+        f = open(os.path.join(LOCK_DIR, f"cpu{cpu}.lock"), "a")
+    except OSError:
+        return True  # cannot coordinate: use it anyway
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        f.close()
+        return False
+    claims.callback(f.close)  # closing the file releases the lock
+    return True
+
+
+def _release(cpu: int) -> None:
+    _held[cpu] -= 1
+    if not _held[cpu]:
+        del _held[cpu]
+
+
+def choose_cpus(allowed: set[int], threads: int, current: int | None) -> list[int]:
+    """``threads`` of the ``allowed`` CPUs in order of preference, the ``current`` one first."""
+    order = sorted(allowed, key=lambda c: (c != current, c))
+    return order[:max(1, threads)]
+
+
+def _current_cpu() -> int | None:
+    """The CPU this thread last ran on (Linux /proc), else None."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _threads() -> list[int]:
+    """Thread ids of this process (just this thread where /proc is absent)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def _set_affinity(tid: int, cpus: set[int]) -> set[int] | None:
+    """Set a thread's CPUs; its previous set, or None if it could not be changed (gone, denied)."""
+    try:
+        previous = os.sched_getaffinity(tid)
+        os.sched_setaffinity(tid, cpus)
+        return previous
+    except OSError:
+        return None
