@@ -37,7 +37,7 @@ from .errors import UsageError
 SESSIONS = 2                # sessions per measurement
 CHECK_WINDOWS = 10          # windows per measurement, spread over the sessions
 PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, since each compilation
-PAIRED_WINDOWS = 3          # places the weights anew and can shift the ratio by a few percent
+PAIRED_WINDOWS = 3          # places the weights anew (session SD 0.5-2%, tools/study_alternation.py)
 BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
 MAX_CPU_WAIT = 0.05         # share of a measurement's time spent waiting for a CPU
 MIN_GUARDED_S = 0.25        # shorter measurements (fake targets) are too short to judge contention
@@ -191,9 +191,8 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
         ref = Path(reference)
         artifact_metadata(ref)  # a missing or corrupt reference is bad input
         res.baseline = str(ref)
-        res.notes.append(f"same-run comparison with {ref} (windows measured in turn)")
-        timing = check_timing(tgt.spec.timing)
-        judge(res, lambda: measure_pair(tgt, ref, path, timing, tolerance), None, tolerance, confirm)
+        res.notes.append(f"same-run comparison with {ref} (alternating blocks in one run)")
+        judge(res, lambda: measure_pair(tgt, ref, path, tgt.spec.timing, tolerance), None, tolerance, confirm)
         res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
     elif update:
         timing = check_timing(tgt.spec.timing)

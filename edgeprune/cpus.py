@@ -5,7 +5,8 @@ process is pinned, not only the caller: sched_setaffinity(0) moves the calling t
 runtimes (OpenVINO's CPU streams) start their workers when the model is compiled, before
 measuring starts. Two measurements must not share a CPU: OpenVINO's caller waits while its
 worker computes, so two OpenVINO measurements on one CPU pay a scheduler time slice per
-inference and read 3-5x slow (tools/bench_pinning.py, BENCHMARKS.md). Concurrent edgeprune
+inference and read 2.5-3x slow, 7x with OpenVINO's own pinning on (tools/bench_pinning.py,
+BENCHMARKS.md). Concurrent edgeprune
 processes therefore claim CPUs through lock files: a free CPU if there is one (the one the
 thread runs on first), else they wait for the CPU they prefer, since a measurement that waits
 is worth more than one that shares.
@@ -22,19 +23,14 @@ _held: dict[int, int] = {}   # CPU -> how many nested pinned() of this process h
 
 @contextmanager
 def pinned(threads: int):
-    """Restrict every thread of this process to ``threads`` CPUs while measuring (Linux), then
-    restore. Every thread, not only the caller: sched_setaffinity(0) moves the calling thread
-    alone, and runtimes (OpenVINO's CPU streams) start their workers when the model is compiled,
-    before measuring starts, so those would stay free to migrate.
-
-    Which CPUs: ``threads`` CPUs no other edgeprune process is measuring on, the one this thread
-    runs on first (see the module docstring)."""
+    """Restrict every thread of this process (see the module docstring) to ``threads`` CPUs
+    that no other edgeprune process is measuring on while measuring (Linux), then restore."""
     if not hasattr(os, "sched_getaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
     with ExitStack() as claims:
-        cpus = set(claim(choose_cpus(before, len(before), _current_cpu()), max(1, threads), claims))
+        cpus = set(claim(preference(before, _current_cpu()), max(1, threads), claims))
         saved = {tid: _set_affinity(tid, cpus) for tid in _threads()}
         try:
             yield
@@ -94,10 +90,9 @@ def _release(cpu: int) -> None:
         del _held[cpu]
 
 
-def choose_cpus(allowed: set[int], threads: int, current: int | None) -> list[int]:
-    """``threads`` of the ``allowed`` CPUs in order of preference, the ``current`` one first."""
-    order = sorted(allowed, key=lambda c: (c != current, c))
-    return order[:max(1, threads)]
+def preference(allowed: set[int], current: int | None) -> list[int]:
+    """The ``allowed`` CPUs in order of preference: the ``current`` one first, then by number."""
+    return sorted(allowed, key=lambda c: (c != current, c))
 
 
 def _current_cpu() -> int | None:

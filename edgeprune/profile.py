@@ -283,12 +283,13 @@ def _fill(ms: np.ndarray) -> np.ndarray:
 
 def random_widths(structure: Structure, cfg: ProfileConfig, rng: np.random.Generator) -> dict[str, int]:
     """A random configuration on the round_to lattice, for measuring the table's error."""
-    out = {}
-    for g in structure.groups.values():
-        lo = min(g.channels, max(cfg.round_to, _round_up(g.channels * cfg.min_ratio, cfg.round_to)))
-        choices = sorted(set(range(lo, g.channels + 1, cfg.round_to)) | {g.channels})
-        out[g.name] = int(rng.choice(choices))
-    return out
+    return {g.name: int(rng.choice(width_choices(g.channels, cfg))) for g in structure.groups.values()}
+
+
+def width_choices(channels: int, cfg: ProfileConfig) -> list[int]:
+    """The widths a group of ``channels`` may take: the round_to lattice from min_ratio, and full."""
+    lo = min(channels, max(cfg.round_to, _round_up(channels * cfg.min_ratio, cfg.round_to)))
+    return sorted(set(range(lo, channels + 1, cfg.round_to)) | {channels})
 
 
 class Partial:

@@ -210,10 +210,9 @@ def test_alternation_swaps_the_order_every_round_and_pairs_blocks():
 
 def test_pinning_prefers_the_cpu_the_scheduler_chose():
     # concurrent measuring processes must not all stack onto one fixed CPU
-    from edgeprune.cpus import choose_cpus
-    assert choose_cpus({0, 1}, 1, current=0) == [0] and choose_cpus({0, 1}, 1, current=1) == [1]
-    assert choose_cpus({0, 1, 2, 3}, 2, current=2) == [2, 0]
-    assert choose_cpus({4, 5}, 1, current=None) == [4] and choose_cpus({0, 1}, 8, current=1) == [1, 0]
+    from edgeprune.cpus import preference
+    assert preference({0, 1}, current=0) == [0, 1] and preference({0, 1}, current=1) == [1, 0]
+    assert preference({0, 1, 2, 3}, current=2) == [2, 0, 1, 3] and preference({4, 5}, current=None) == [4, 5]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -246,3 +245,27 @@ def test_concurrent_measurements_claim_different_cpus(tmp_path, monkeypatch):
         f.close()
     finally:
         holder.kill()
+
+
+def test_claim_waits_for_busy_cpus_holding_none(tmp_path, monkeypatch):
+    # two CPUs wanted, one held by another process: take neither until it is free (holding one
+    # while waiting for the other is how two processes deadlock), then both
+    import subprocess
+    import sys
+    import time
+    from contextlib import ExitStack
+
+    from edgeprune import cpus
+    monkeypatch.setattr(cpus, "LOCK_DIR", str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(1.0)"), str(tmp_path / "cpu7.lock")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.perf_counter()
+    with ExitStack() as claims:
+        got = cpus.claim([7, 3], 2, claims)
+        waited = time.perf_counter() - t0
+        assert got == [3, 7] and cpus._held == {3: 1, 7: 1}
+    assert cpus._held == {} and waited > 0.3  # it waited for the holder to exit
+    holder.wait()

@@ -73,14 +73,13 @@ def sample_configs(structure, cfg, rng, n: int) -> list[dict[str, int]]:
     """``n`` configurations, alternately uniform per group (what profile's calibration draws)
     and jittered by ±LEVEL_JITTER around one keep level drawn per configuration (lean to nearly
     unpruned: where 35-70% budgets land, and where ResNet-18's weights outgrow the L3)."""
-    from edgeprune.profile import _round_up
+    from edgeprune.profile import width_choices
     out = []
     for k in range(n):
         level = None if k % 2 == 0 else float(rng.uniform(cfg.min_ratio, 1.0))
         w = {}
         for g in structure.groups.values():
-            lo = min(g.channels, max(cfg.round_to, _round_up(g.channels * cfg.min_ratio, cfg.round_to)))
-            choices = sorted(set(range(lo, g.channels + 1, cfg.round_to)) | {g.channels})
+            choices = width_choices(g.channels, cfg)
             if level is not None:
                 near = [c for c in choices if abs(c / g.channels - level) <= LEVEL_JITTER]
                 choices = near or [min(choices, key=lambda c: abs(c / g.channels - level))]
