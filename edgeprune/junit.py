@@ -54,14 +54,10 @@ def to_xml(cases: list[TestCase], suite: str = "edgeprune") -> str:
 
 
 def write(cases: list[TestCase], path: str | os.PathLike, suite: str = "edgeprune") -> Path:
-    from .onnxio import atomic_path
-    final, tmp = atomic_path(path)
-    try:
+    from .onnxio import atomic_write
+    with atomic_write(path) as tmp:
         tmp.write_text(to_xml(cases, suite), encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return Path(path)
 
 
 def _clean(text: str) -> str:

@@ -19,7 +19,7 @@ import torchvision
 from torchvision.models.resnet import BasicBlock
 
 from .errors import MissingBackend, UsageError, unknown
-from .onnxio import atomic_path
+from .onnxio import atomic_write
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 TINY_RESNET = "tiny_resnet"
@@ -199,13 +199,9 @@ def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the state dict atomically so a crash never leaves a truncated file."""
-    final, tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return Path(path)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

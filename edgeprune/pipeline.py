@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ import torch
 
 from . import __version__
 from .errors import UsageError
-from .loop import LoopConfig, LoopResult, Round, bounded, fit_budget, gradual_budgets
-from .onnxio import atomic_path, export_onnx
+from .loop import LoopConfig, LoopResult, Round, bounded, check_feasible, fit_budget, gradual_budgets
+from .onnxio import atomic_write, export_onnx
 from .search import SearchConfig, SearchResult
 from .timing import Latency
 from .session import Session, SessionConfig
@@ -128,20 +127,11 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
             return LoopResult(model, SearchResult(**d["search"]), Latency.from_samples(d["samples_ms"]),
                               [Round(**r) for r in d["rounds"]])
     result = fit_budget(current, s.input_shape, table, s.scores(current), s.target, step_budget, cfg, job.loop)
-    final, tmp = atomic_path(saved)
-    tmp.write_text(json.dumps({"key": key, "search": result.search.to_dict(), "rounds": [r.to_dict() for r in result.rounds],
-                               "samples_ms": list(result.latency.samples_ms)}))
-    os.replace(tmp, final)
+    with atomic_write(saved) as tmp:
+        tmp.write_text(json.dumps({"key": key, "search": result.search.to_dict(),
+                                   "rounds": [r.to_dict() for r in result.rounds],
+                                   "samples_ms": list(result.latency.samples_ms)}))
     return result
-
-
-def check_feasible(table, cfg: SearchConfig, budget_ms: float) -> None:
-    """Fail before any training when even the smallest allowed model is predicted over budget."""
-    from .errors import InfeasibleBudget
-    from .search import bounds
-    floor_ms = table.predict(bounds(table, cfg)[0])
-    if floor_ms > budget_ms:
-        raise InfeasibleBudget(budget_ms, floor_ms)
 
 
 def split_epochs(total: int, steps: int) -> list[int]:

@@ -27,7 +27,7 @@ from .errors import UsageError
 from .groups import Structure, analyse
 from .calibration import fit as fit_calibration
 from .lut import SCHEMA_VERSION, LatencyTable, LayerEntry, TableError
-from .onnxio import atomic_path, export_onnx, module_call_order, node_module_map
+from .onnxio import atomic_write, export_onnx, module_call_order, node_module_map
 from .progress import bar
 from .prune import prune_to_widths
 from .spec import TimingSpec
@@ -309,9 +309,8 @@ class Partial:
 
     def add(self, k: str, sample: dict) -> None:
         self.samples[k] = sample
-        final, tmp = atomic_path(self.path)
-        tmp.write_text(json.dumps({"key": self.key, "samples": self.samples}))
-        os.replace(tmp, final)
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(json.dumps({"key": self.key, "samples": self.samples}))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

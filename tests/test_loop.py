@@ -94,6 +94,22 @@ def test_infeasible_from_the_start_reports_the_real_budget(tiny_model, tiny_tabl
     assert info.value.budget_ms == 0.01  # not the margin-reduced search budget
 
 
+def test_a_table_slightly_over_budget_is_measured_not_refused(tiny_model, tiny_table, scores):
+    # the host ran slower while the table was profiled than when the budget was measured: the
+    # smallest model is predicted 10% over, yet measures inside, so the loop must try it
+    floor = tiny_table.predict(bounds(tiny_table, SearchConfig())[0])
+    budget = floor / 1.10
+    target = NoisyFake([0.9 * budget])
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig())
+    assert r.latency.median_ms <= budget and target.calls == 1
+    assert r.widths == bounds(tiny_table, SearchConfig())[0]
+    with pytest.raises(BudgetNotMet):  # and if it really is too slow, measuring says so
+        fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, NoisyFake([1.2 * budget] * 5), budget,
+                   SearchConfig(), LoopConfig(max_rounds=3))
+    with pytest.raises(InfeasibleBudget):  # far over: refused without measuring
+        fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, NoisyFake([]), floor / 1.3, SearchConfig())
+
+
 def test_gradual_budgets():
     assert gradual_budgets(1.0, 0.5, 1) == [0.5]
     assert gradual_budgets(1.0, 2.0, 3) == [2.0]
