@@ -51,21 +51,43 @@ def profile(model: str, target: str = "ort-cpu", input_size: int | None = None,
     return Session.open(cfg).table()
 
 
-def search(model: str, budget_ms: float, target: str = "ort-cpu", input_size: int | None = None,
-           config: SearchConfig | None = None, **session) -> SearchResult:
-    """Per-group widths predicted to fit ``budget_ms`` (profiles first if no table exists)."""
+def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", input_size: int | None = None,
+           config: SearchConfig | None = None, objective: str | None = None, abn=None, **session) -> SearchResult:
+    """Per-group widths predicted to fit ``budget_ms`` (default: the target file's budget for
+    the model; profiles first if no table exists). ``objective``: ``adaptive-bn`` (the default
+    when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
+    ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
+    from .pipeline import OBJECTIVES, resolve_budget
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
-    if not budget_ms > 0:
-        raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
-    return _search(s.table(), s.scores(), budget_ms, s.search_config(config or SearchConfig()))
+    objective = objective or ("adaptive-bn" if s.data is not None else "importance")
+    if objective not in OBJECTIVES:
+        from .errors import unknown
+        raise unknown("search objective", objective, OBJECTIVES)
+    if objective == "adaptive-bn" and s.data is None:
+        raise UsageError("the adaptive-bn objective scores candidates on data: pass --data (or --objective importance)")
+    if objective == "adaptive-bn" and not s.trained:
+        raise UsageError(f"the adaptive-bn objective scores a trained model: pass --weights for {model} "
+                         "(prune trains a baseline itself)")
+    budget_ms = resolve_budget(budget_ms, s)
+    cfg, table = s.search_config(config or SearchConfig()), s.table()
+    if objective == "importance":
+        return _search(table, s.scores(), budget_ms, cfg)
+    from .accuracy_search import AbnConfig, AdaptiveBN, ShapePlanner
+    scorer = AdaptiveBN(s.model, s.input_shape, s.data, s.cfg.importance, abn or AbnConfig())
+    return ShapePlanner(table, scorer, cfg, s.scores())(budget_ms)
 
 
 def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
           data: str = "digits", epochs: int = 3, finetune: bool = True, steps: int = 1,
-          search: SearchConfig | None = None, **session) -> dict:
-    """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``."""
+          search: SearchConfig | None = None, objective: str = "adaptive-bn", abn=None, **session) -> dict:
+    """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``.
+
+    ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
+    widths by validation accuracy after BN re-estimation (``accuracy_search.AbnConfig`` in
+    ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond."""
+    from .accuracy_search import AbnConfig
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
-                   epochs, finetune, steps, search or SearchConfig())
+                   epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig())
     return run_prune(job)
 
 

@@ -79,12 +79,15 @@ def _search_config(a):
 
 def cmd_search(a) -> int:
     from .api import search
-    r = search(a.model, a.budget_ms, a.target, config=_search_config(a), **_session_kwargs(a))
+    data = dict(data=a.data, data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples) if a.data else {}
+    r = search(a.model, a.budget_ms, a.target, config=_search_config(a), objective=a.objective,
+               abn=_abn_config(a), **data, **_session_kwargs(a))
     if a.json:
         print(json.dumps(r.to_dict()))
     else:
-        print(f"predicted {r.predicted_ms:.3f} ms (budget {r.budget_ms:.3f}, unpruned {r.full_ms:.3f}); "
-              f"importance kept {r.kept_importance:.1%}")
+        score = (f"val accuracy after BN re-estimation {r.proxy_accuracy:.1%}" if r.proxy_accuracy is not None
+                 else f"importance kept {r.kept_importance:.1%}")
+        print(f"predicted {r.predicted_ms:.3f} ms (budget {r.budget_ms:.3f}, unpruned {r.full_ms:.3f}); {score}")
         for g, w in r.widths.items():
             print(f"  {g:<32} {w}")
     return 0
@@ -97,10 +100,16 @@ def cmd_prune(a) -> int:
     report = prune(a.model, out, a.budget_ms, a.target, data=a.data, epochs=a.epochs,
                    finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
-                   test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, **_session_kwargs(a))
+                   test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
+                   abn=_abn_config(a), **_session_kwargs(a))
     print_summary(report)
     print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
     return 0 if report["within_budget"] else 1
+
+
+def _abn_config(a):
+    from .accuracy_search import AbnConfig
+    return AbnConfig(samples=a.candidates, refine=a.refine, seed=a.search_seed)
 
 
 def cmd_export(a) -> int:
@@ -125,6 +134,14 @@ def cmd_quantize(a) -> int:
     run = Path(a.run)
     print(render_markdown(r))
     print(f"wrote {run / 'model-int8.xml'}, {run / 'precisions.json'}, {run / 'precisions.md'}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .runs_report import compare_runs
+    out = a.out or (a.runs[0] if len(a.runs) == 1 else "report")
+    path = compare_runs(a.runs, out)
+    print(f"wrote {path} and {Path(out) / 'pareto.png'}; refreshed report.md and charts in {len(a.runs)} run(s)")
     return 0
 
 
@@ -170,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--calibrate", type=int, default=60, help="random configurations to calibrate on")
         g.add_argument("--validate", type=int, default=5, help="other random configurations for the error")
 
+    def accuracy_args(c, default):
+        g = c.add_argument_group("accuracy search")
+        g.add_argument("--objective", default=default, choices=["adaptive-bn", "importance"],
+                       help="adaptive-bn (default with data): candidates at the budget scored by validation "
+                            "accuracy after BN re-estimation; importance: most channel importance kept per ms")
+        g.add_argument("--candidates", type=int, default=32, help="random width shapes scored (adaptive-bn)")
+        g.add_argument("--refine", type=int, default=16, help="mutations of the best shapes scored (adaptive-bn)")
+        g.add_argument("--search-seed", type=int, default=0, help="seed of the candidate sampling")
+
     def search_args(c):
         c.add_argument("--budget-ms", type=float, help="latency budget (default: the target file's)")
         c.add_argument("--min-ratio", type=float, default=0.25, help="no group below this fraction")
@@ -193,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     table_args(c)
     search_args(c)
+    accuracy_args(c, default=None)
+    c.add_argument("--data", help="data to score candidates on (adaptive-bn): digits, fashion-mnist, or a folder")
+    c.add_argument("--data-root", help="Fashion-MNIST directory")
+    c.add_argument("--train-samples", type=int)
+    c.add_argument("--val-samples", type=int)
     c.add_argument("--json", action="store_true")
 
     c = cmd("prune", cmd_prune, "prune, fine-tune and export a model to fit a measured budget")
@@ -205,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline-epochs", type=int, default=3, help="epochs to train an untrained model first")
     c.add_argument("--no-finetune", action="store_true")
     c.add_argument("--steps", type=int, default=1, help="gradual pruning: prune+fine-tune steps")
+    accuracy_args(c, default="adaptive-bn")
     c.add_argument("--train-samples", type=int)
     c.add_argument("--val-samples", type=int)
     c.add_argument("--test-samples", type=int)
@@ -228,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NNCF preset: symmetric (performance) or asymmetric (mixed) activations")
     c.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     c.add_argument("--json", action="store_true")
+
+    c = cmd("report", cmd_report, "re-render prune runs' reports and charts; plot several runs' accuracy "
+            "against measured latency (one series per objective and target)")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="prune output directories")
+    c.add_argument("--out", help="where pareto.png and report.md go (default: the run, or ./report for several)")
 
     c = cmd("check", cmd_check, "re-measure an artifact and fail on a latency regression or budget excess "
             "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input)")

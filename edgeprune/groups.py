@@ -35,6 +35,7 @@ class Layer:
     in_group: str | None
     out_group: str | None
     depthwise: bool = False
+    kernel: int = 1   # kernel area (kh*kw): weights = c_in*c_out*kernel (c_out*kernel if depthwise)
 
     @property
     def axes(self) -> list[str]:
@@ -126,7 +127,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
 def _layer(name: str, m: nn.Module) -> Layer:
     if isinstance(m, nn.Conv2d):
         dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        return Layer(name, m.in_channels, m.out_channels, None, None, dw)
+        return Layer(name, m.in_channels, m.out_channels, None, None, dw, m.kernel_size[0] * m.kernel_size[1])
     return Layer(name, m.in_features, m.out_features, None, None)
 
 

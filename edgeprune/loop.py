@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch.nn as nn
@@ -13,7 +14,7 @@ from .errors import BudgetNotMet, InfeasibleBudget
 from .lut import LatencyTable
 from .onnxio import export_onnx
 from .prune import prune_to_widths
-from .search import SearchConfig, SearchResult, bounds, search
+from .search import ImportancePlanner, SearchConfig, SearchResult, bounds
 from .targets.base import Target
 from .timing import Latency
 
@@ -37,7 +38,7 @@ class LoopConfig:
     max_rounds: int = 5
     margin: float = 0.05   # aim this fraction under the budget so re-measurement noise still fits
     slack: float = 0.05    # a fit further under the aim than this is worth a larger try
-    importance: str = "l1"
+    importance: str = "l1"  # which channels of a group are kept (the criterion the plan used)
 
 
 @dataclass
@@ -58,16 +59,24 @@ class LoopResult:
     search: SearchResult
     latency: Latency
     rounds: list[Round] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)  # the accuracy search's scored candidates
 
     @property
     def widths(self) -> dict[str, int]:
         return self.search.widths
 
 
+Planner = Callable[[float], SearchResult]  # search budget -> widths (search.ImportancePlanner,
+#                                            accuracy_search.ShapePlanner)
+
+
 def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable,
-               scores: dict[str, np.ndarray], target: Target, budget_ms: float,
+               planner: Planner | dict[str, np.ndarray], target: Target, budget_ms: float,
                search_cfg: SearchConfig, cfg: LoopConfig | None = None) -> LoopResult:
     """Prune ``model`` (a copy) until its measured median latency on ``target`` fits.
+
+    ``planner`` turns a search budget into widths; importance scores (a dict) mean the
+    kept-importance greedy search.
 
     Each round aims ``margin`` under the budget. A miss scales the search budget by
     aim/measured (never below the smallest allowed model, which is tried before giving up);
@@ -75,6 +84,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     disturbed measurement should not cost accuracy. The largest fitting model is kept.
     """
     cfg = cfg or LoopConfig()
+    plan = ImportancePlanner(table, planner, search_cfg) if isinstance(planner, dict) else planner
     aim = budget_ms * (1 - cfg.margin)
     floor = check_feasible(table, search_cfg, budget_ms)
     rounds: list[Round] = []
@@ -82,7 +92,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     fit_at, miss_at, tried = None, None, set()
     search_budget = max(aim, floor)
     for k in range(1, cfg.max_rounds + 1):
-        result = search(table, scores, search_budget, search_cfg)
+        result = plan(search_budget)
         key = tuple(sorted(result.widths.items()))
         if key in tried:  # the table maps this budget to widths already measured
             if fit_at is not None or search_budget <= floor * (1 + 1e-9):

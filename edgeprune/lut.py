@@ -70,6 +70,9 @@ class LatencyTable:
     calibration: Calibration = field(default_factory=Calibration)
     error: TableError = field(default_factory=TableError)
     path: Path | None = None
+    # per layer [in_group, out_group, in_channels, out_channels, kernel area, depthwise]: the
+    # weight size at any widths, for the calibration's memory term (empty in older tables)
+    weights: dict[str, list] = field(default_factory=dict)
 
     def raw(self, widths: dict[str, int]) -> float:
         """Sum of the per-layer (profiler) times, before calibration to end-to-end."""
@@ -78,7 +81,16 @@ class LatencyTable:
     def predict(self, widths: dict[str, int]) -> float:
         """Predicted end-to-end median latency (ms) of the model at ``widths``."""
         w = self._complete(widths)
-        return self.calibration.total_ms(self.raw(w), w, self.groups)
+        mb = self.weight_mb(w) if self.calibration.knee_mb is not None else 0.0
+        return self.calibration.total_ms(self.raw(w), w, self.groups, mb)
+
+    def weight_mb(self, widths: dict[str, int]) -> float:
+        """FP32 weights of the Conv/Linear layers at ``widths``, in MB (10^6 bytes)."""
+        total = 0
+        for in_g, out_g, c_in, c_out, kernel, depthwise in self.weights.values():
+            ci, co = widths.get(in_g, c_in) if in_g else c_in, widths.get(out_g, c_out) if out_g else c_out
+            total += co * kernel if depthwise else ci * co * kernel
+        return 4 * total / 1e6
 
     def group_ms(self, group: str, width: int) -> float:
         """The calibration's end-to-end term for ``group`` at ``width``."""
@@ -102,7 +114,8 @@ class LatencyTable:
         return {"schema": SCHEMA_VERSION, "meta": self.meta, "groups": self.groups,
                 "calibration": {**asdict(self.calibration), "overhead_ms": self.overhead_ms},
                 "error": asdict(self.error),
-                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+                "layers": {k: asdict(v) for k, v in self.layers.items()},
+                **({"weights": self.weights} if self.weights else {})}
 
     @property
     def digest(self) -> str:
@@ -140,7 +153,7 @@ class LatencyTable:
         overhead = float(cal.pop("overhead_ms"))
         return cls(d["meta"], {k: int(v) for k, v in d["groups"].items()},
                    {k: LayerEntry(**v) for k, v in d["layers"].items()},
-                   overhead, Calibration(**cal), TableError(**d.get("error", {})))
+                   overhead, Calibration(**cal), TableError(**d.get("error", {})), weights=d.get("weights", {}))
 
 
 class TableMismatch(UsageError):

@@ -41,6 +41,22 @@ def require_nncf() -> None:
             raise MissingBackend(package, "openvino", what="INT8 quantization")
 
 
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def overflow_fix(nncf):
+    """NNCF's overflow fix for every layer on x86 CPUs without VNNI, else its default (first
+    layer only). Without VNNI, u8×s8 products are summed in saturating 16-bit lanes; 7-bit
+    weights avoid the saturation. Measured on a 2-core AVX2 host (tests/test_quantize.py's
+    tiny_resnet): INT8 79.4% → 84.2% (FP32 93.1%)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from .targets.base import host_fingerprint
+    host = host_fingerprint()
+    x86 = host["host_arch"] in ("x86_64", "AMD64")
+    fix = OverflowFix.ENABLE if x86 and not VNNI_FLAGS & set(host["host_isa"]) else OverflowFix.FIRST_LAYER
+    return AdvancedQuantizationParameters(overflow_fix=fix)
+
+
 def import_nncf():
     """nncf, its own log lowered to errors (INFO by default); MissingBackend when absent."""
     require_nncf()
@@ -102,14 +118,16 @@ def quantize_ir(source: str | os.PathLike, calibration: Iterable, out_xml: str |
     expect = tuple(shape.to_shape()) if shape.is_static else None
     if expect is not None and items[0].shape != expect:
         raise UsageError(f"calibration inputs have shape {list(items[0].shape)}, the model takes {list(expect)}")
+    overflow = overflow_fix(nncf)
     try:
         with _quiet():
             quantized = nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset(preset),
-                                      subset_size=len(items))
+                                      subset_size=len(items), advanced_parameters=overflow)
     except Exception as e:  # NNCF's own errors (nncf.ValidationError, InternalError) and OpenVINO's
         raise EdgepruneError(f"NNCF could not quantize {src.name}: {_first_line(e)}") from None
     meta.update({"precision": "int8", "quantized_from": src.name, "nncf_version": nncf.__version__,
-                 "calibration": json.dumps({"samples": len(items), "preset": preset})})
+                 "calibration": json.dumps({"samples": len(items), "preset": preset,
+                                            "overflow_fix": str(overflow.overflow_fix.value)})})
     for key, value in meta.items():
         quantized.set_rt_info(value, [_ir_section(), key])
     final.parent.mkdir(parents=True, exist_ok=True)

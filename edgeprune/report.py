@@ -118,10 +118,32 @@ def _summary(r: dict) -> list[str]:
         ("predicted", fmt_ms(r.get("predicted_ms"))),
         ("measured (median)", fmt_ms(r.get("measured_ms"))),
         ("measured (p90)", fmt_ms(r.get("measured_p90_ms"))),
-        ("speedup", fmt_speedup(r.get("speedup"))),
+        ("speedup", fmt_speedup(r.get("speedup")) + _interval(r.get("speedup_ci"), r.get("speedup_method"))),
         ("within budget", fmt_bool(r.get("within_budget"))),
     ]
     return _section("Summary", md_table(("", "value"), rows))
+
+
+def _interval(ci: Any, method: Any) -> str:
+    if not ci or len(ci) != 2 or _num(ci[0]) is None or _num(ci[1]) is None:
+        return ""
+    return f" (95% CI {ci[0]:.2f}–{ci[1]:.2f}{', ' + str(method) if method else ''})"
+
+
+def _search(r: dict) -> list[str]:
+    """What chose the widths, and the accuracy path: as pruned, after BN re-estimation, fine-tuned."""
+    s = r.get("search") or {}
+    keys = ("accuracy_pruned", "accuracy_recalibrated", "accuracy_after")
+    if not s and not any(r.get(k) is not None for k in keys):
+        return []
+    rows = [("objective", fmt_text(s.get("objective"))), ("candidates scored", fmt_text(s.get("candidates"))),
+            ("chosen: val accuracy after BN re-estimation", fmt_pct(s.get("proxy_accuracy"))),
+            ("uniform prune at the same budget: same score", fmt_pct(s.get("uniform_proxy_accuracy"))),
+            ("kept-importance plan at the same budget: same score", fmt_pct(s.get("importance_proxy_accuracy"))),
+            ("test accuracy right after pruning", fmt_pct(r.get("accuracy_pruned"))),
+            ("... after BN re-estimation", fmt_pct(r.get("accuracy_recalibrated"))),
+            ("... after fine-tuning", fmt_pct(r.get("accuracy_after")))]
+    return _section("Search and accuracy", md_table(("", "value"), [x for x in rows if x[1] != MISSING]))
 
 
 def _metric(r: dict, when: str, name: str) -> Any:
@@ -179,6 +201,11 @@ def _table(r: dict) -> list[str]:
             ("end-to-end checks", fmt_text(err.get("n"))),
             ("within 10%", fmt_pct(err.get("within_10pct"))),
             ("RMSPE", fmt_pct(err.get("rmspe")))]
+    picks = t.get("error_at_picks") or {}
+    if picks.get("n"):
+        rows.append(("at the search's picks (loop rounds): median |error|",
+                     f"{fmt_pct(picks.get('median_abs'))} over {picks['n']} "
+                     f"({', '.join(f'{100 * e:+.1f}%' for e in picks.get('errors', []))})"))
     return _section("Latency table prediction error", md_table(("", "value"), rows))
 
 
@@ -237,6 +264,32 @@ def _precisions(r: dict) -> list[str]:
             f"INT8 calibrated on {p['calibration_images']} training images. Details: precisions.md."])
 
 
+def _charts(r: dict) -> list[str]:
+    charts = r.get("charts") or {}
+    text = {"pareto": "Accuracy against measured latency", "layers": "Where the time goes, per layer (measured)"}
+    lines = [f"![{text.get(k, k)}]({v})" for k, v in charts.items()]
+    return _section("Charts", lines) if lines else []
+
+
+def write_charts(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+    """pareto.png (unpruned and pruned model) and layers.png (measured per-layer time before and
+    after) beside the report; returns {chart: file name} for report.md to link."""
+    from .plots import Point, layers_png, pareto_png
+    out, charts = Path(out_dir), {}
+    name = f"{fmt_text(report.get('model'))} on {fmt_text(report.get('target'))}"
+    before, after = (_num(report.get(k)) for k in ("baseline_ms", "measured_ms"))
+    acc_before, acc_after = (_num(report.get(k)) for k in ("accuracy_before", "accuracy_after"))
+    if None not in (before, after, acc_before, acc_after):
+        pareto_png({name: [Point(before, acc_before, label="unpruned"), Point(after, acc_after, label="pruned")]},
+                   out / "pareto.png", name)
+        charts["pareto"] = "pareto.png"
+    layer_ms = report.get("layer_ms") or {}
+    if layer_ms.get("before") or layer_ms.get("after"):
+        layers_png(layer_ms.get("before") or {}, layer_ms.get("after") or {}, out / "layers.png", name)
+        charts["layers"] = "layers.png"
+    return charts
+
+
 def _versions(r: dict) -> list[str]:
     versions = r.get("versions") or {}
     rows = [(k, fmt_text(v)) for k, v in versions.items()]
@@ -244,7 +297,7 @@ def _versions(r: dict) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
-    _summary, _model, _layers, _rounds, _table, _stages, _finetune, _artifact, _precisions, _versions)
+    _summary, _model, _search, _layers, _rounds, _table, _stages, _finetune, _artifact, _precisions, _charts, _versions)
 
 
 def render_markdown(report: dict) -> str:

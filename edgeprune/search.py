@@ -35,12 +35,35 @@ class SearchResult:
     kept_importance: float          # fraction of the total (normalised) importance kept
     steps: int
     seconds: float
+    objective: str = "importance"           # what chose the widths (importance, adaptive-bn)
+    proxy_accuracy: float | None = None     # adaptive-bn: val accuracy after BN re-estimation
 
     def to_dict(self) -> dict:
-        return {"widths": self.widths, "predicted_ms": round(self.predicted_ms, 5),
-                "budget_ms": self.budget_ms, "full_ms": round(self.full_ms, 5),
-                "kept_importance": round(self.kept_importance, 5), "steps": self.steps,
-                "seconds": round(self.seconds, 4)}
+        d = {"widths": self.widths, "predicted_ms": round(self.predicted_ms, 5),
+             "budget_ms": self.budget_ms, "full_ms": round(self.full_ms, 5),
+             "kept_importance": None if math.isnan(self.kept_importance) else round(self.kept_importance, 5),
+             "steps": self.steps, "seconds": round(self.seconds, 4), "objective": self.objective}
+        if self.proxy_accuracy is not None:
+            d["proxy_accuracy"] = round(self.proxy_accuracy, 5)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchResult":
+        d = {**d, "kept_importance": float("nan") if d.get("kept_importance") is None else d["kept_importance"]}
+        return cls(**d)
+
+
+class ImportancePlanner:
+    """The closed loop's planner for the kept-importance objective: a new greedy search at
+    every budget it is asked for."""
+
+    objective = "importance"
+
+    def __init__(self, table: LatencyTable, scores: dict[str, np.ndarray], cfg: "SearchConfig"):
+        self.table, self.scores, self.cfg = table, scores, cfg
+
+    def __call__(self, budget_ms: float) -> SearchResult:
+        return search(self.table, self.scores, budget_ms, self.cfg)
 
 
 def bounds(table: LatencyTable, cfg: SearchConfig) -> tuple[dict[str, int], dict[str, int]]:

@@ -95,8 +95,9 @@ class Session:
 
     @property
     def batch_size(self) -> int:
-        """About 50 steps an epoch, between 32 and 128: small sets still get enough updates."""
-        return int(min(128, max(32, len(self.data.train) // 50))) if self.data else 128
+        """The fine-tune recipe's batch size for this data (``finetune.default_batch_size``)."""
+        from .finetune import default_batch_size
+        return default_batch_size(len(self.data.train)) if self.data else 128
 
     @property
     def table_path(self) -> Path:

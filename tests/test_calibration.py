@@ -92,3 +92,28 @@ def test_search_prefers_an_aligned_width_the_table_knows_is_faster():
     r = search(table, scores, budget, SearchConfig(min_ratio=0.25, round_to=8))
     assert r.predicted_ms <= budget
     assert r.widths["a"] % 16 == 0
+
+
+def weight_mb(w: dict[str, int]) -> float:
+    return 4 * 9 * (3 * w["a"] + w["a"] * w["b"] + w["b"] * w["c"]) / 1e6 * 40  # 0.7-10 MB here
+
+
+def test_memory_hinge_models_a_cache_cliff_the_layer_sum_misses():
+    # above 5 MB of weights every MB costs 0.05 ms more: the profiler's per-layer sum cannot see it
+    cliff = lambda w: truth(w) + 0.05 * max(0.0, weight_mb(w) - 5.0)
+    train, test = configs(60), configs(40, seed=1)
+    y = [cliff(w) for w in train]
+    raw = [raw_of(w) for w in train]
+    without = fit(raw, train, y, GROUPS)
+    cal = fit(raw, train, y, GROUPS, weight_mb=[weight_mb(w) for w in train])
+    assert without.knee_mb is None and cal.knee_mb is not None
+    assert 3.0 <= cal.knee_mb <= 7.0 and cal.per_mb_ms == pytest.approx(0.05, rel=0.3)
+    err = lambda c, mb: max(abs(c.total_ms(raw_of(w), w, GROUPS, mb(w)) - cliff(w)) / cliff(w) for w in test)
+    assert err(cal, weight_mb) < 0.03 < err(without, lambda w: 0.0)
+
+
+def test_no_cliff_no_hinge():
+    train = configs(60)
+    cal = fit([raw_of(w) for w in train], train, [truth(w) for w in train], GROUPS,
+              weight_mb=[weight_mb(w) for w in train])
+    assert cal.memory_ms(100.0) == pytest.approx(0.0, abs=1e-3)

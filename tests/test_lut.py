@@ -215,3 +215,19 @@ def test_saved_files_honour_the_umask(tmp_path, tiny_model):
         os.umask(old)
     assert oct(table.stat().st_mode & 0o777) == oct(0o644)
     assert oct(onnx_file.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_table_knows_the_weight_size_at_any_widths(resnet18_setup, tmp_path):
+    import torch.nn as nn
+    from conftest import INPUT_SHAPE
+    from edgeprune.prune import prune_to_widths
+    model, table, _ = resnet18_setup
+
+    def conv_linear_mb(m):
+        return 4 * sum(x.weight.numel() for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear))) / 1e6
+
+    assert table.weight_mb(table.groups) == pytest.approx(conv_linear_mb(model))
+    half = {g: c // 2 for g, c in table.groups.items()}
+    assert table.weight_mb(half) == pytest.approx(conv_linear_mb(prune_to_widths(model, INPUT_SHAPE, half)))
+    again = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert again.weights == table.weights and again.predict(half) == pytest.approx(table.predict(half))

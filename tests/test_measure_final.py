@@ -2,6 +2,8 @@
 measurement of the same architecture pooled in when a disturbed period reads it over budget."""
 from __future__ import annotations
 
+import pytest
+
 from edgeprune.pipeline import measure_final
 from edgeprune.timing import Latency
 
@@ -44,3 +46,25 @@ def test_a_model_that_is_really_too_slow_stays_over():
     t = Scripted([(1.0, 0.6)] * 3)
     _, _, verdict = measure_final(t, "u.onnx", "f.onnx", 0.5, lat(0.61), attempts=3)
     assert verdict.median_ms > 0.5
+
+
+class Alternating:
+    """A target whose alternating blocks give a known per-round ratio, while its interleaved
+    windows are disturbed unevenly (the unpruned model's fastest window is much slower)."""
+
+    def measure_many(self, paths, timing=None):
+        return [lat(3.0), lat(0.5)]   # separate best windows would say 6.0x
+
+    def measure_alternating(self, a, b, timing=None):
+        from edgeprune.timing import Alternation
+        rounds = tuple(tuple((0.5 * k, 0.5 * k * r) for k, r in zip((1, 2, 3, 1, 2), (3.2, 3.3, 3.4, 3.3, 3.2)))
+                       for _ in range(4))
+        return Alternation(rounds, (lat(0.5), lat(1.65)))
+
+
+def test_the_reported_speedup_is_a_paired_same_run_ratio():
+    from edgeprune.pipeline import paired_speedup
+    s = paired_speedup(Alternating(), "u.onnx", "f.onnx")
+    assert s["method"] == "paired"
+    assert s["ratio"] == pytest.approx(3.3)   # median of per-round ratios, not 6.0 from best windows
+    assert s["ci"][0] <= s["ratio"] <= s["ci"][1]

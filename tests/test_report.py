@@ -107,3 +107,16 @@ def test_print_summary_shows_the_headline_numbers():
                   "11.18M", "2.80M"):
         assert piece in text
     print_summary(MINIMAL, console=Console(file=io.StringIO()))
+
+
+def test_search_section_shows_the_accuracy_path_and_the_paired_speedup():
+    r = {**FULL, "speedup": 3.31, "speedup_ci": [3.2, 3.4], "speedup_method": "paired",
+         "accuracy_pruned": 0.101, "accuracy_recalibrated": 0.717,
+         "search": {"objective": "adaptive-bn", "candidates": 50, "proxy_accuracy": 0.75,
+                    "uniform_proxy_accuracy": 0.70, "importance_proxy_accuracy": 0.58}}
+    md = render_markdown(r)
+    assert "## Search and accuracy" in md
+    for text in ("adaptive-bn", "| candidates scored | 50 |", "75.0%", "70.0%", "58.0%", "10.1%", "71.7%",
+                 "3.31× (95% CI 3.20–3.40, paired)"):
+        assert text in md, text
+    assert "## Search and accuracy" not in render_markdown(MINIMAL)

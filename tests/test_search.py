@@ -229,12 +229,15 @@ def test_tighter_budgets_give_smaller_models(resnet18_results):
     assert kept[0] > kept[-1]
 
 
-def test_resnet18_search_is_fast(resnet18_setup):
+def test_resnet18_search_down_to_the_floor(resnet18_setup):
+    # the most greedy steps a feasible budget can need: every group from full to near its floor
+    # (how long that takes is a benchmark's business, not a test's: tools/side_by_side.py)
     _, table, scores = resnet18_setup
-    floor_ms = table.predict(bounds(table, SearchConfig())[0])
-    r = search(table, scores, floor_ms * 1.02)  # the most greedy steps a feasible budget can need
-    assert r.seconds < 1.0
+    lo, hi = bounds(table, SearchConfig())
+    floor_ms = table.predict(lo)
+    r = search(table, scores, floor_ms * 1.02)
     assert r.predicted_ms <= floor_ms * 1.02
+    assert r.steps <= sum((hi[g] - lo[g]) // 8 + 1 for g in hi) * 2  # each step moves one group by 8
 
 
 def test_resnet18_round_to_16(resnet18_setup):

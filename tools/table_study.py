@@ -66,26 +66,10 @@ def collect(args) -> None:
     print(json.dumps(data["seconds"]))
 
 
-LEVEL_JITTER = 0.15  # mixed sampling: a group's width within this share of its channels of the level
-
-
 def sample_configs(structure, cfg, rng, n: int) -> list[dict[str, int]]:
-    """``n`` configurations, alternately uniform per group (what profile's calibration draws)
-    and jittered by ±LEVEL_JITTER around one keep level drawn per configuration (lean to nearly
-    unpruned: where 35-70% budgets land, and where ResNet-18's weights outgrow the L3)."""
-    from edgeprune.profile import width_choices
-    out = []
-    for k in range(n):
-        level = None if k % 2 == 0 else float(rng.uniform(cfg.min_ratio, 1.0))
-        w = {}
-        for g in structure.groups.values():
-            choices = width_choices(g.channels, cfg)
-            if level is not None:
-                near = [c for c in choices if abs(c / g.channels - level) <= LEVEL_JITTER]
-                choices = near or [min(choices, key=lambda c: abs(c / g.channels - level))]
-            w[g.name] = int(rng.choice(choices))
-        out.append(w)
-    return out
+    """What profile's calibration draws (edgeprune.profile.sample_widths)."""
+    from edgeprune.profile import sample_widths
+    return sample_widths(structure, cfg, rng, n)
 
 
 def weight_counts(model, structure) -> dict[str, list]:

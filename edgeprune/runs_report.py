@@ -1,0 +1,52 @@
+"""``edgeprune report RUN...``: re-render each prune run's report (with its charts), and put
+several runs on one accuracy-against-measured-latency plot, one series per objective × target."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UsageError
+from .onnxio import atomic_write
+from .report import fmt_ms, fmt_pct, fmt_speedup, md_table, write_charts, write_report
+
+
+def load_run(run: str | Path) -> dict:
+    path = Path(run) / "report.json"
+    if not path.is_file():
+        raise UsageError(f"{run} is not a prune run: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def series_name(r: dict) -> str:
+    return f"{(r.get('search') or {}).get('objective') or 'edgeprune'} · {r.get('target')}"
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Refresh every run's report.md and charts; write OUT/pareto.png and OUT/report.md."""
+    from .plots import Point, pareto_png
+    reports = [load_run(run) for run in runs]  # all read before anything is written
+    out = Path(out)
+    series: dict[str, list] = {}
+    for run, r in zip(runs, reports):
+        r["charts"] = write_charts(r, run)
+        write_report(r, run)
+        if r.get("measured_ms") is not None and r.get("accuracy_after") is not None:
+            series.setdefault(series_name(r), []).append(
+                Point(r["measured_ms"], r["accuracy_after"], label=f"{Path(run).name}"))
+        if r.get("baseline_ms") is not None and r.get("accuracy_before") is not None:
+            series.setdefault(f"unpruned · {r.get('target')}", []).append(Point(r["baseline_ms"], r["accuracy_before"]))
+    series = {k: list({(p.latency_ms, p.accuracy): p for p in v}.values()) for k, v in series.items()}
+    pareto_png(series, out / "pareto.png", "accuracy against measured latency")
+    rows = [(f"[{Path(run).name}]({Path(run).resolve() / 'report.md'})", str(r.get("model")), str(r.get("target")),
+             series_name(r).split(" · ")[0], fmt_ms(r.get("budget_ms")), fmt_ms(r.get("measured_ms")),
+             fmt_speedup(r.get("speedup")), fmt_pct(r.get("accuracy_before")), fmt_pct(r.get("accuracy_after")))
+            for run, r in zip(runs, reports)]
+    lines = ["# edgeprune runs", "", "![accuracy against measured latency](pareto.png)", "",
+             *md_table(("run", "model", "target", "objective", "budget", "measured", "speed-up",
+                        "accuracy before", "accuracy after"), rows)]
+    with atomic_write(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out / "report.md"

@@ -1,0 +1,131 @@
+"""Shapes scaled to a budget, and the adaptive-BN search that picks among them by measured accuracy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import INPUT_SHAPE
+from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, Score, ShapePlanner, abn_search
+from edgeprune.loop import fit_budget
+from edgeprune.prune import widths_of
+from edgeprune.search import SearchConfig, bounds
+from edgeprune.shapes import fit_shape, mutate, random_shape, shape_of, uniform
+from test_search import additive_table, uniform_scores
+
+
+@pytest.fixture
+def three():
+    return additive_table({"a": (64, 0.004), "b": (128, 0.002), "c": (256, 0.001)}, overhead_ms=0.05)
+
+
+@pytest.mark.parametrize("frac", [0.9, 0.6, 0.4])
+def test_fit_shape_lands_on_the_budget_without_crossing_it(three, frac):
+    cfg = SearchConfig()
+    budget = 0.05 + frac * (three.predict(three.groups) - 0.05)
+    for shape in (uniform(three), {"a": 1.0, "b": 0.5, "c": 0.3}):
+        w = fit_shape(three, shape, budget, cfg)
+        assert three.predict(w) <= budget
+        # no group can grow by one step without crossing the budget: nothing is left unspent
+        for g in w:
+            if w[g] < three.groups[g]:
+                assert three.predict({**w, g: w[g] + 8}) > budget
+        assert all(v % 8 == 0 for v in w.values())
+
+
+def test_uniform_shape_gives_equal_ratios(three):
+    w = fit_shape(three, uniform(three), 0.05 + 0.5 * (three.predict(three.groups) - 0.05), SearchConfig())
+    ratios = [w[g] / c for g, c in three.groups.items()]
+    assert max(ratios) - min(ratios) <= 8 / 64 + 1e-9  # one rounding step of the smallest group
+
+
+def test_shape_keeps_its_proportions_and_respects_bounds(three):
+    cfg = SearchConfig(min_ratio=0.25)
+    w = fit_shape(three, {"a": 1.0, "b": 0.5, "c": 0.05}, 0.05 + 0.5 * (three.predict(three.groups) - 0.05), cfg)
+    lo, hi = bounds(three, cfg)
+    assert w["c"] == lo["c"]  # asked below the floor: held at the floor
+    assert w["a"] / 64 > w["b"] / 128
+    assert shape_of(three, w) == {g: w[g] / c for g, c in three.groups.items()}
+
+
+def test_random_and_mutated_shapes_stay_in_range(three):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = random_shape(three, rng, 0.25)
+        assert all(0.25 <= r <= 1 for r in s.values())
+        m = mutate(s, rng)
+        assert set(m) == set(s) and m != s and all(0 < r <= 1 for r in m.values())
+
+
+class FakeScorer:
+    """Scores widths by a known function, so the search's choice can be checked."""
+
+    def __init__(self, f, cfg=None):
+        self.f, self.cfg, self.calls = f, cfg or AbnConfig(samples=12, refine=6), 0
+
+    def __call__(self, widths, screen=False):
+        self.calls += 1
+        return Score(self.f(widths) + (0.001 * (hash(tuple(widths.values())) % 7) if screen else 0.0), 0.0)
+
+
+def test_search_returns_the_best_scoring_candidate_and_includes_uniform(three):
+    budget = 0.05 + 0.5 * (three.predict(three.groups) - 0.05)
+    scorer = FakeScorer(lambda w: w["c"] / 256)  # accuracy lives in group c only
+    r = abn_search(three, scorer, budget, SearchConfig(), uniform_scores(three))
+    origins = [c.origin for c in r.candidates]
+    assert origins[:2] == ["uniform", "importance"] and origins.count("mutation") == 6
+    finalists = [c for c in r.candidates if c.final is not None]
+    assert 8 >= len(finalists) >= 3 and {"uniform", "importance"} <= {c.origin for c in finalists}
+    assert r.best.final.accuracy == max(c.final.accuracy for c in finalists)  # chosen on the full score
+    assert r.best.score.accuracy >= r.by_origin("uniform").score.accuracy
+    assert r.best.widths["c"] / 256 > r.best.widths["a"] / 64  # it favoured the group that scores
+    assert all(c.predicted_ms <= budget for c in r.candidates)
+
+
+def test_planner_rescales_near_a_searched_budget_and_searches_again_far_from_it(three):
+    full = three.predict(three.groups)
+    scorer = FakeScorer(lambda w: w["c"] / 256 + 0.1 * w["a"] / 64)
+    planner = ShapePlanner(three, scorer, SearchConfig(), None)
+    first = planner(0.05 + 0.6 * (full - 0.05))
+    calls = scorer.calls
+    near = planner(0.95 * first.budget_ms)
+    assert near.objective == "adaptive-bn" and near.predicted_ms < first.predicted_ms
+    assert scorer.calls == calls + 1  # one score for the report, no new search
+    assert len(planner.searches) == 1
+    assert near.widths["c"] / 256 >= near.widths["a"] / 64  # the same shape, scaled down
+    far = planner(0.6 * first.budget_ms)  # e.g. the first measurement showed the table far off
+    assert len(planner.searches) == 2 and scorer.calls > calls + 2
+    assert far.predicted_ms <= 0.6 * first.budget_ms
+    assert {c.budget_ms for c in planner.candidates} == {first.budget_ms, far.budget_ms}
+
+
+def test_a_search_where_the_unpruned_model_fits_never_stands_for_another_budget(three):
+    full = three.predict(three.groups)
+    planner = ShapePlanner(three, FakeScorer(lambda w: w["c"] / 256), SearchConfig(), None)
+    r = planner(2 * full)  # the table says everything fits
+    assert r.widths == three.groups and planner.result.degenerate
+    planner(1.9 * full)
+    assert len(planner.searches) == 2  # within RESEARCH, but searched again
+
+
+def test_adaptive_bn_scores_real_pruned_models(tiny_model, tiny_table):
+    from edgeprune.data import DataConfig, load_data
+    data = load_data(DataConfig(input_size=32, train_samples=300, val_samples=100, test_samples=50))
+    scorer = AdaptiveBN(tiny_model, INPUT_SHAPE, data, "l1", AbnConfig(calib_batches=2, batch_size=32, eval_samples=100))
+    half = {g: max(8, c // 2 // 8 * 8) for g, c in tiny_table.groups.items()}
+    s1, s2 = scorer(half), scorer(dict(half))
+    assert s1 == s2 and len(scorer.cache) == 1  # cached by widths
+    quick = scorer(half, screen=True)
+    assert len(scorer.cache) == 2 and 0 <= quick.accuracy <= 1
+    assert 0 <= s1.accuracy <= 1 and np.isfinite(s1.loss)
+    assert widths_of(tiny_model, INPUT_SHAPE) == tiny_table.groups  # the model itself is untouched
+
+
+def test_closed_loop_runs_on_the_accuracy_planner(tiny_model, tiny_table, fake_target):
+    budget = 0.8 * tiny_table.predict({})
+    scorer = FakeScorer(lambda w: sum(w.values()) / 1000, AbnConfig(samples=4, refine=2))
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, ShapePlanner(tiny_table, scorer, SearchConfig()),
+                   fake_target, budget, SearchConfig())
+    assert r.latency.median_ms <= budget
+    assert r.search.objective == "adaptive-bn"
+    assert widths_of(r.model, INPUT_SHAPE) == r.widths

@@ -1,0 +1,85 @@
+"""The comparison baselines (uniform, global magnitude), the latency matcher, and the shared
+fine-tune recipe every compared model goes through."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import INPUT_SHAPE
+from edgeprune import baselines as b
+from edgeprune.prune import widths_of
+
+
+def test_uniform_widths_cut_every_group_by_the_same_ratio(tiny_table):
+    w = b.uniform_widths(tiny_table, 0.5)
+    for g, c in tiny_table.groups.items():
+        assert w[g] % 8 == 0 and abs(w[g] - c / 2) <= 4
+    assert b.uniform_widths(tiny_table, 1.0) == tiny_table.groups
+
+
+def test_global_magnitude_really_shrinks_the_model(resnet18_setup):
+    model, table, _ = resnet18_setup
+    pruned = b.global_magnitude(model, INPUT_SHAPE, 0.5)
+    assert b.macs(pruned, INPUT_SHAPE) < 0.6 * b.macs(model, INPUT_SHAPE)
+    widths = widths_of(pruned, INPUT_SHAPE)
+    assert set(widths) == set(table.groups)  # same group names as the table: predictable
+    assert len({w / table.groups[g] for g, w in widths.items()}) > 1  # not uniform: a global ranking
+    assert widths_of(model, INPUT_SHAPE) == table.groups  # the original is untouched
+
+
+@pytest.mark.parametrize("goal", [3.0, 7.5, 11.9])
+def test_bisect_finds_the_closest_knob(goal):
+    calls = []
+    f = lambda x: calls.append(x) or 10 * x + 2
+    x = b.bisect(f, goal, 0.0, 1.0, steps=20)
+    assert len(set(calls)) == len(calls)  # each knob evaluated once
+    assert f(x) == pytest.approx(goal, abs=1e-4)
+    assert b.bisect(lambda x: -x, -0.25, 0.0, 1.0, steps=20) == pytest.approx(0.25, abs=1e-5)
+    assert b.bisect(f, 50.0, 0.0, 1.0) == 1.0  # out of reach: the nearest end
+
+
+class RatioTarget:
+    """A target whose paired measurement reports a scripted ratio per attempt."""
+
+    def __init__(self, ratios):
+        self.ratios = list(ratios)
+
+    def measure_alternating(self, a, b_):
+        from edgeprune.timing import Alternation, Latency
+        r = self.ratios.pop(0)
+        rounds = (tuple((1.0, r) for _ in range(6)),) * 3
+        lat = Latency.from_samples([1.0])
+        return Alternation(rounds, (lat, lat))
+
+
+def test_match_rescales_the_goal_by_the_measured_miss(tiny_model, tiny_table, tmp_path):
+    ref = tmp_path / "ref.onnx"
+    ref.write_bytes(b"")
+    goals = []
+    predict = b.predicted_ms(tiny_table, INPUT_SHAPE)
+    build = lambda k: b.uniform_model(tiny_model, INPUT_SHAPE, tiny_table, k)
+    target = RatioTarget([1.2, 1.01])
+    m = b.match(build, lambda mdl: goals.append(1) or predict(mdl), 0.7 * tiny_table.predict({}), 0.1, 1.0,
+                target, ref, INPUT_SHAPE)
+    assert m.attempts == 2 and m.ratio == pytest.approx(1.01)
+    assert target.ratios == []
+
+
+def test_finetune_pruned_reports_the_accuracy_path(tiny_model):
+    from edgeprune.data import DataConfig, load_data
+    from edgeprune.finetune import finetune_pruned, recipe
+    from edgeprune.prune import prune_to_widths
+    data = load_data(DataConfig(input_size=32, train_samples=400, val_samples=100, test_samples=100))
+    teacher = tiny_model
+    pruned = prune_to_widths(tiny_model, INPUT_SHAPE, {g: 8 for g in widths_of(tiny_model, INPUT_SHAPE)})
+    only_bn = finetune_pruned(copy.deepcopy(pruned), teacher, data, epochs=0)
+    assert only_bn.train is None and only_bn.finetuned == only_bn.recalibrated
+    out = finetune_pruned(pruned, teacher, data, epochs=1, seed=3)
+    assert out.train is not None and out.train.epochs_run == 1
+    assert out.recalibrated.accuracy == only_bn.recalibrated.accuracy  # same recipe, same BN batches
+    assert out.recalibrated.loss == pytest.approx(only_bn.recalibrated.loss, rel=1e-4)
+    assert recipe(data, 2, seed=3).batch_size == 32 and recipe(data, 2).epochs == 2
+    assert set(out.to_dict()) == {"pruned", "recalibrated", "finetuned", "train"}

@@ -1,0 +1,47 @@
+"""`edgeprune search`: both objectives from the command line, and its input errors in one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeprune.models import build_model, save_weights
+
+SIZE = 16
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return save_weights(build_model("tiny_resnet", num_classes=10), tmp_path / "w.pt")
+
+
+def test_search_scores_candidates_when_given_data(tmp_path, cli, fake_target_file, weights):
+    r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--budget-ms", "0.15",
+             "--data", "digits", "--weights", weights, "--candidates", "4", "--refine", "2", "--json",
+             "--profiles-dir", tmp_path / "p", "--calibrate", "6", "--levels", "3"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["objective"] == "adaptive-bn" and 0 <= out["proxy_accuracy"] <= 1
+    assert out["predicted_ms"] <= 0.15 and out["kept_importance"] is None
+
+
+def test_search_without_data_keeps_importance_and_uses_the_target_budget(tmp_path, cli, fake_target_file):
+    fake_target_file.write_text(fake_target_file.read_text() + "budgets_ms:\n  tiny_resnet: 0.15\n")
+    r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--json",
+             "--profiles-dir", tmp_path / "p", "--calibrate", "6", "--levels", "3"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was a TypeError traceback without --budget-ms
+    out = json.loads(r.stdout)
+    assert out["objective"] == "importance" and out["budget_ms"] == 0.15
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--objective", "adaptive-bn"], "--data"),
+    (["--data", "digits"], "--weights"),
+])
+def test_search_input_errors_are_one_line(tmp_path, cli, fake_target_file, args, words):
+    r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--budget-ms", "0.15",
+             *args, "--profiles-dir", tmp_path / "p"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr

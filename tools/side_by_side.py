@@ -1,0 +1,332 @@
+"""Side by side at equal measured latency: edgeprune against the prunes users reach for (issue 9).
+
+All methods start from one trained baseline; every pruned model gets the same fine-tune recipe
+(``finetune.finetune_pruned``) over several seeds and is scored on the full test set. The
+baselines' latency is matched to edgeprune's final model within ±3% by a paired same-run
+measurement, and all final models of a budget are measured interleaved in one run.
+
+    python tools/side_by_side.py plan --model resnet18 --out runs/sbs-r18      # measure, search, match (serial)
+    python tools/side_by_side.py finetune --out runs/sbs-r18 --seeds 0 1 2 --jobs 2
+    python tools/side_by_side.py summary --out runs/sbs-r18                    # summary.md/.json (+ pareto.png)
+
+Phases write their results as they go, so an interrupted phase resumes where it stopped.
+Measure-heavy ``plan`` should run alone; ``finetune`` may use both cores (``--jobs 2``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from edgeprune.onnxio import atomic_write
+
+METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs")
+FIRST = ("edgeprune", "uniform-tp")  # fine-tuned first: the comparison the issue turns on
+
+
+def save_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def open_session(cfg: dict):
+    from edgeprune.session import Session, SessionConfig
+    out = Path(cfg["out"])
+    weights = out / "baseline.pt"
+    s = Session.open(SessionConfig(
+        model=cfg["model"], target=cfg["target"], input_size=cfg["input_size"], data=cfg["data"],
+        train_samples=cfg["train_samples"], val_samples=cfg["val_samples"], test_samples=None,
+        baseline_epochs=cfg["baseline_epochs"], weights=str(weights) if weights.exists() else None,
+        progress=False, profiles_dir=cfg["profiles_dir"]))
+    if not weights.exists():
+        s.ensure_trained(out / "baseline.ckpt")
+    return s
+
+
+# --- plan: baseline, edgeprune's loop, matched baselines, interleaved latency -----------------------
+
+def plan(cfg: dict) -> None:
+    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, ShapePlanner
+    from edgeprune.loop import LoopConfig, fit_budget
+    from edgeprune.metrics import evaluate
+    from edgeprune.onnxio import export_onnx
+    from edgeprune.search import SearchConfig
+
+    out = Path(cfg["out"])
+    s = open_session(cfg)
+    state = _load(out / "plan.json") or {"budgets": {}}
+    if "baseline" not in state:
+        acc = evaluate(s.model, s.data.loader("test"), s.data.num_classes).accuracy
+        onnx = export_onnx(s.model, s.input_shape, out / "onnx" / "unpruned.onnx")
+        ms = sorted(s.target.measure(onnx).median_ms for _ in range(3))[1]
+        state["baseline"] = {"test_accuracy": acc, "median_ms": ms, "onnx": str(onnx)}
+        save_json(out / "plan.json", state)
+    table = s.table()
+    print(f"baseline: {state['baseline']}", flush=True)
+    scfg = SearchConfig()
+    for frac in cfg["budgets"]:
+        key = f"{frac:g}"
+        entry = state["budgets"].setdefault(key, {"budget_ms": frac * state["baseline"]["median_ms"], "methods": {}})
+        budget = entry["budget_ms"]
+        methods = entry["methods"]
+        if "edgeprune" not in methods:
+            t0 = time.time()
+            scorer = AdaptiveBN(s.model, s.input_shape, s.data, "l1", AbnConfig(**cfg["abn"]))
+            planner = ShapePlanner(table, scorer, scfg, s.scores())
+            r = fit_budget(s.model, s.input_shape, table, planner, s.target, budget, scfg, LoopConfig())
+            methods["edgeprune"] = record(s, out, key, "edgeprune", r.model, table,
+                                          {"rounds": [x.to_dict() for x in r.rounds], "search_s": round(time.time() - t0, 1),
+                                           "candidates": [c.to_dict() for c in planner.candidates]})
+            save_json(out / "plan.json", state)
+        ref = Path(methods["edgeprune"]["onnx"])
+        goal = methods["edgeprune"]["predicted_ms"]
+        if "routes" not in entry:
+            entry["routes"] = routes(s, table, goal, scfg, methods["edgeprune"]["widths"], cfg)
+            save_json(out / "plan.json", state)
+        for name in METHODS[1:]:
+            if name not in methods:
+                model, extra = baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"])
+                methods[name] = record(s, out, key, name, model, table, extra)
+                save_json(out / "plan.json", state)
+            print(f"{key} {name}: {summary_line(methods[name])}", flush=True)
+        if set(entry.get("interleaved", {})) != {"unpruned", *methods}:
+            entry["interleaved"] = interleaved(s.target, state["baseline"]["onnx"], methods)
+            save_json(out / "plan.json", state)
+
+
+def routes(s, table, goal_ms: float, scfg, chosen: dict, cfg: dict) -> dict:
+    """The accuracy-side routes at the same *predicted* latency, each scored like a search
+    candidate (val accuracy after BN re-estimation): what each objective would have picked."""
+    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN
+    from edgeprune.importance import importances
+    from edgeprune.search import search
+    from edgeprune.shapes import fit_shape, uniform
+    scorer = {c: AdaptiveBN(s.model, s.input_shape, s.data, c, AbnConfig(**cfg["abn"])) for c in ("l1", "lamp", "bn_scale")}
+    plans = {"adaptive-bn (edgeprune)": ("l1", chosen), "uniform": ("l1", fit_shape(table, uniform(table), goal_ms, scfg))}
+    for crit in ("l1", "lamp", "bn_scale"):  # channels kept by the same criterion the plan used
+        plans[f"kept importance, {crit}"] = (crit, search(table, importances(s.model, s.input_shape, crit), goal_ms, scfg).widths)
+    return {name: {"widths": w, "predicted_ms": table.predict(w), "proxy_val_accuracy": scorer[c](w).accuracy}
+            for name, (c, w) in plans.items()}
+
+
+def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
+    """(pruned model, details) of one baseline, matched to the reference."""
+    from edgeprune import baselines as b
+    pred = b.predicted_ms(table, s.input_shape)
+    if name == "uniform-tp":
+        m = b.match(lambda k: b.uniform_model(s.model, s.input_shape, table, k), pred, goal_ms, 0.1, 1.0,
+                    s.target, ref, s.input_shape)
+    elif name == "uniform-nni":
+        from edgeprune.nni_engine import nni_uniform
+        m = b.match(lambda k: nni_uniform(s.model, s.input_shape, 1 - k), pred, goal_ms, 0.1, 0.99,
+                    s.target, ref, s.input_shape)
+    elif name == "global-latency":
+        m = b.match(lambda r: b.global_magnitude(s.model, s.input_shape, r), pred, goal_ms, 0.0, 0.9,
+                    s.target, ref, s.input_shape)
+    else:  # global-macs: MACs matched, latency only measured
+        cache = {}
+        build = lambda r: cache[r] if r in cache else cache.setdefault(r, b.global_magnitude(s.model, s.input_shape, r))
+        knob = b.bisect(lambda r: b.macs(build(r), s.input_shape), ref_macs, 0.0, 0.9)
+        return build(knob), {"knob": knob}
+    return m.model, {"knob": m.knob, "match_attempts": m.attempts}
+
+
+def record(s, out: Path, key: str, name: str, model, table, extra: dict) -> dict:
+    """Weights, ONNX, widths, MACs, prediction, paired latency vs edgeprune's model, proxy score."""
+    from edgeprune import baselines as b
+    from edgeprune.accuracy_search import AdaptiveBN
+    from edgeprune.models import save_weights
+    from edgeprune.onnxio import export_onnx
+    from edgeprune.prune import widths_of
+    import copy
+    stem = f"{key}-{name}"
+    weights = save_weights(model, out / "models" / f"{stem}.pt")
+    onnx = export_onnx(model, s.input_shape, out / "onnx" / f"{stem}.onnx")
+    widths = widths_of(model, s.input_shape)
+    d = {"widths": widths, "weights": str(weights), "onnx": str(onnx), "macs": b.macs(model, s.input_shape),
+         "params": sum(p.numel() for p in model.parameters()), "predicted_ms": table.predict(widths), **extra}
+    if name != "edgeprune":
+        ref = out / "onnx" / f"{key}-edgeprune.onnx"
+        ratio, ci = b.paired_ratio(s.target, ref, onnx)
+        d.update(paired_vs_edgeprune=ratio, paired_ci=list(ci))
+    else:
+        d.update(paired_vs_edgeprune=1.0, paired_ci=[1.0, 1.0])
+    d["proxy_val_accuracy"] = AdaptiveBN(s.model, s.input_shape, s.data).score(copy.deepcopy(model)).accuracy
+    return d
+
+
+def interleaved(target, unpruned_onnx: str, methods: dict) -> dict:
+    """Every model of a budget (and the unpruned one) measured window by window in one run."""
+    names = ["unpruned", *methods]
+    paths = [unpruned_onnx, *(methods[n]["onnx"] for n in methods)]
+    lats = target.measure_many(paths)
+    return {n: {"median_ms": l.median_ms, "p90_ms": l.p90_ms, "window_medians_ms": list(l.window_medians_ms)}
+            for n, l in zip(names, lats)}
+
+
+def summary_line(m: dict) -> str:
+    return (f"predicted {m['predicted_ms']:.4f} ms, paired vs edgeprune {m['paired_vs_edgeprune']:.3f}, "
+            f"MACs {m['macs'] / 1e6:.1f}M, proxy {m['proxy_val_accuracy']:.3f}")
+
+
+# --- finetune: every (budget, method, seed), same recipe, in worker processes -----------------------
+
+_WORKER = {}
+
+
+def _init_worker(cfg: dict) -> None:
+    import torch
+    torch.set_num_threads(1)
+    _WORKER["s"] = open_session(cfg)
+    _WORKER["cfg"] = cfg
+
+
+def _finetune_task(task: tuple[str, str, int, dict]) -> str:
+    import copy
+    from edgeprune.finetune import finetune_pruned
+    key, name, seed, m = task
+    s, cfg = _WORKER["s"], _WORKER["cfg"]
+    path = Path(cfg["out"]) / "results" / f"{key}-{name}-s{seed}.json"
+    t0 = time.time()
+    model = s.pruned(m["widths"], m["weights"])
+    teacher = copy.deepcopy(s.model).eval()
+    ft = finetune_pruned(model, teacher, s.data, cfg["epochs"], seed=seed, threads=1)
+    save_json(path, {"budget": key, "method": name, "seed": seed, "seconds": round(time.time() - t0, 1),
+                     **{k: v["accuracy"] for k, v in ft.to_dict().items() if k != "train"},
+                     "epochs_run": ft.train.epochs_run if ft.train else 0})
+    return f"{path.name}: {ft.finetuned.accuracy:.4f} ({time.time() - t0:.0f} s)"
+
+
+def finetune(cfg: dict, seeds: list[int], jobs: int, methods: list[str]) -> None:
+    out = Path(cfg["out"])
+    state = _load(out / "plan.json")
+    tasks = [(key, name, seed, entry["methods"][name])
+             for name in methods for seed in seeds for key, entry in state["budgets"].items()
+             if name in entry["methods"] and not (out / "results" / f"{key}-{name}-s{seed}.json").exists()]
+    # edgeprune and uniform first: the comparison that decides the issue
+    tasks.sort(key=lambda t: (t[1] not in FIRST, t[2], t[0], METHODS.index(t[1])))
+    print(f"{len(tasks)} fine-tunes to run", flush=True)
+    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(cfg,)) as pool:
+        for line in pool.map(_finetune_task, tasks):
+            print(line, flush=True)
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+def summarise(cfg: dict) -> dict:
+    out = Path(cfg["out"])
+    state = _load(out / "plan.json")
+    results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+    rows = []
+    for key, entry in state["budgets"].items():
+        inter = entry.get("interleaved", {})
+        for name, m in entry["methods"].items():
+            rs = [r for r in results if r["budget"] == key and r["method"] == name]
+            acc = [r["finetuned"] for r in rs]
+            rows.append({"budget": key, "method": name, "paired_vs_edgeprune": m["paired_vs_edgeprune"],
+                         "paired_ci": m["paired_ci"], "interleaved_ms": inter.get(name, {}).get("median_ms"),
+                         "macs_m": m["macs"] / 1e6, "proxy_val_accuracy": m["proxy_val_accuracy"],
+                         "recalibrated": _mean([r["recalibrated"] for r in rs]),
+                         "finetuned_mean": _mean(acc), "finetuned_sd": statistics.stdev(acc) if len(acc) > 1 else None,
+                         "seeds": [r["seed"] for r in rs], "finetuned": acc})
+    summary = {"config": cfg, "baseline": state["baseline"], "rows": rows,
+               "routes": {k: e.get("routes", {}) for k, e in state["budgets"].items()}}
+    save_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(markdown(summary))
+    pareto(summary, out / "pareto.png")
+    return summary
+
+
+def pareto(summary: dict, path: Path) -> None:
+    """Fine-tuned accuracy (mean, sd over seeds) against the interleaved median, per method."""
+    from edgeprune.plots import Point, pareto_png
+    series: dict[str, list] = {}
+    for r in summary["rows"]:
+        if r["finetuned_mean"] is not None and r["interleaved_ms"] is not None:
+            series.setdefault(r["method"], []).append(
+                Point(r["interleaved_ms"], r["finetuned_mean"], r["finetuned_sd"], f"{float(r['budget']):.0%}"))
+    b = summary["baseline"]
+    series["unpruned"] = [Point(b["median_ms"], b["test_accuracy"])]
+    cfg = summary["config"]
+    pareto_png(series, path, f"{cfg['model']} on {cfg['target']}: fine-tuned accuracy at measured latency")
+
+
+def markdown(summary: dict) -> str:
+    b = summary["baseline"]
+    lines = [f"Unpruned: {b['median_ms']:.4f} ms, test accuracy {b['test_accuracy']:.2%}", "",
+             "| budget | method | latency vs edgeprune (paired, 95% CI) | interleaved median | MACs (M) | val acc after BN re-est. | test acc after BN re-est. | after fine-tune, mean ± sd (n) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        ft = "—" if r["finetuned_mean"] is None else (
+            f"{r['finetuned_mean']:.2%} ± {100 * (r['finetuned_sd'] or 0):.2f} ({len(r['finetuned'])})")
+        inter = "—" if r["interleaved_ms"] is None else f"{r['interleaved_ms']:.4f} ms"
+        recal = "—" if r["recalibrated"] is None else f"{r['recalibrated']:.1%}"
+        lines.append(f"| {float(r['budget']):.0%} | {r['method']} | {r['paired_vs_edgeprune']:.3f} "
+                     f"[{r['paired_ci'][0]:.3f}, {r['paired_ci'][1]:.3f}] | {inter} | {r['macs_m']:.1f} | "
+                     f"{r['proxy_val_accuracy']:.1%} | {recal} | {ft} |")
+    routes = [(k, name, x) for k, rs in summary.get("routes", {}).items() for name, x in rs.items()]
+    if routes:
+        lines += ["", "Routes of the accuracy side at edgeprune's predicted latency (val accuracy after BN "
+                  "re-estimation, the search's score):", "",
+                  "| budget | route | predicted | val acc after BN re-est. |", "|---|---|---|---|"]
+        lines += [f"| {float(k):.0%} | {name} | {x['predicted_ms']:.4f} ms | {x['proxy_val_accuracy']:.1%} |"
+                  for k, name, x in routes]
+    return "\n".join(lines) + "\n"
+
+
+def _mean(xs):
+    return statistics.fmean(xs) if xs else None
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=["plan", "finetune", "summary"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--target", default="ort-cpu")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--train-samples", type=int, default=12000)
+    p.add_argument("--val-samples", type=int, default=1000)
+    p.add_argument("--baseline-epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (the pipeline's recipe)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
+    p.add_argument("--candidates", type=int, default=32)
+    p.add_argument("--refine", type=int, default=16)
+    p.add_argument("--profiles-dir", default="profiles")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    a = p.parse_args()
+    out = Path(a.out)
+    cfg_path = out / "config.json"
+    if a.phase == "plan" and not cfg_path.exists():
+        save_json(cfg_path, {"out": str(out), "model": a.model, "target": a.target, "input_size": a.input_size,
+                             "data": a.data, "train_samples": a.train_samples, "val_samples": a.val_samples,
+                             "baseline_epochs": a.baseline_epochs, "epochs": a.epochs, "budgets": a.budgets,
+                             "profiles_dir": a.profiles_dir,
+                             "abn": {"samples": a.candidates, "refine": a.refine}})
+    if not cfg_path.exists():
+        print(f"side_by_side: {cfg_path} missing: run the plan phase first", file=sys.stderr)
+        return 2
+    cfg = json.loads(cfg_path.read_text())
+    if a.phase == "plan":
+        plan(cfg)
+    elif a.phase == "finetune":
+        finetune(cfg, a.seeds, a.jobs, a.methods)
+    summarise(cfg)
+    print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
