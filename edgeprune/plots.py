@@ -26,7 +26,8 @@ def _pyplot():
     return plt
 
 
-def pareto_png(series: dict[str, list[Point]], path: str | Path, title: str = "") -> Path:
+def pareto_png(series: dict[str, list[Point]], path: str | Path, title: str = "",
+               xlabel: str = "measured latency (ms, median)") -> Path:
     """One line per series (method × target), points sorted by latency; the upper-left wins."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -40,7 +41,7 @@ def pareto_png(series: dict[str, list[Point]], path: str | Path, title: str = ""
                 if p.label:
                     ax.annotate(p.label, (p.latency_ms, 100 * p.accuracy), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("measured latency (ms, median)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title or "accuracy against measured latency")
         ax.grid(alpha=0.3)

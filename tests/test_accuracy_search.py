@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import INPUT_SHAPE
 from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, Score, ShapePlanner, abn_search

@@ -3,10 +3,8 @@ fine-tune recipe every compared model goes through."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import INPUT_SHAPE
 from edgeprune import baselines as b
