@@ -52,14 +52,18 @@ def macs(model: nn.Module, input_shape: tuple[int, ...]) -> float:
 def bisect(f: Callable[[float], float], goal: float, lo: float, hi: float, steps: int = 14) -> float:
     """The knob in [lo, hi] whose ``f`` is closest to ``goal``; ``f`` monotone (either way)."""
     seen: dict[float, float] = {}
-    f = (lambda g: lambda x: seen[x] if x in seen else seen.setdefault(x, g(x)))(f)
-    increasing = f(hi) >= f(lo)
-    best = min((lo, hi), key=lambda x: abs(f(x) - goal))
+
+    def value(x: float) -> float:  # each knob evaluated once (a prune and a prediction each)
+        if x not in seen:
+            seen[x] = f(x)
+        return seen[x]
+
+    increasing = value(hi) >= value(lo)
+    best = min((lo, hi), key=lambda x: abs(value(x) - goal))
     for _ in range(steps):
         mid = (lo + hi) / 2
-        v = f(mid)
-        best = min((best, mid), key=lambda x: abs(f(x) - goal))
-        if (v < goal) == increasing:
+        best = min((best, mid), key=lambda x: abs(value(x) - goal))
+        if (value(mid) < goal) == increasing:
             lo = mid
         else:
             hi = mid

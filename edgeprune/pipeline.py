@@ -205,15 +205,13 @@ def measure_final(target, baseline_onnx: Path, final_onnx: Path, budget_ms: floa
 
 
 def paired_speedup(target, baseline_onnx: Path, final_onnx: Path) -> dict:
-    """Unpruned ÷ pruned latency as a same-run paired ratio, the statistic ``check`` uses: the two
-    models run in alternating ~5 ms blocks and the ratio is exp(median per-round log ratio), with
-    a bootstrap interval over windows. Each model's own least-disturbed window, taken
-    separately, inflated the speed-up under load (6.25× reported for models that measured
-    3.0–3.5× interleaved, issue 9)."""
-    from .comparison import compare_paired
-    alt = target.measure_alternating(final_onnx, baseline_onnx)
-    c = compare_paired(alt.log_ratios, alt.latencies[0].median_ms, alt.latencies[1].median_ms)
-    return {"ratio": c.ratio, "ci": [c.low, c.high], "method": "paired"}
+    """Unpruned ÷ pruned latency as a same-run paired ratio (``baselines.paired_ratio``, the
+    statistic ``check`` uses). Each model's own least-disturbed window, taken separately,
+    inflated the speed-up under load (6.25× reported for models that measured 3.0–3.5×
+    interleaved, issue 9)."""
+    from .baselines import paired_ratio
+    ratio, ci = paired_ratio(target, final_onnx, baseline_onnx)
+    return {"ratio": ratio, "ci": list(ci), "method": "paired"}
 
 
 def error_at_picks(rounds: list[dict]) -> dict:

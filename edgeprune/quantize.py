@@ -48,7 +48,7 @@ def overflow_fix(nncf):
     """NNCF's overflow fix for every layer on x86 CPUs without VNNI, else its default (first
     layer only). Without VNNI, u8×s8 products are summed in saturating 16-bit lanes; 7-bit
     weights avoid the saturation. Measured on a 2-core AVX2 host (tests/test_quantize.py's
-    tiny_resnet): INT8 79.4% → 84.2% (FP32 93.1%)."""
+    tiny_resnet): INT8 78.3% → 84.2% (FP32 93.1%; BENCHMARKS.md)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from .targets.base import host_fingerprint
     host = host_fingerprint()
