@@ -66,10 +66,23 @@ def test_artifact_metadata(pruned_run):
     assert meta["latency_table"] == report["table"]["hash"]
 
 
-def test_artifact_remeasures_within_noise(pruned_run):
+def test_artifact_remeasures_within_noise(pruned_run, tmp_path):
+    """The artifact on disk is the model that was measured: re-measured against the unpruned model
+    in one alternating run, its speed-up agrees with the report's paired speed-up. Two separate
+    medians are not compared: they drift ±30% on a shared machine (CI saw 0.233 against 0.164 ms
+    for the same file)."""
+    import onnx
+    from edgeprune.baselines import paired_ratio
+    from edgeprune.models import build_model
+    from edgeprune.onnxio import export_onnx
+    from edgeprune.targets import get_target
     report = json.loads((pruned_run["out"] / "report.json").read_text())
-    r = run_cli(["measure", pruned_run["out"] / "model.onnx", "--json"], cwd=pruned_run["base"])
+    artifact = pruned_run["out"] / "model.onnx"
+    r = run_cli(["measure", artifact, "--json"], cwd=pruned_run["base"])
     assert r.returncode == 0, r.stderr
-    median = json.loads(r.stdout)["median_ms"]
-    assert median == pytest.approx(report["measured_ms"], rel=0.15)
-    assert median < pruned_run["unpruned_ms"]
+    assert json.loads(r.stdout)["median_ms"] > 0
+    dims = [d.dim_value for d in onnx.load(str(artifact)).graph.input[0].type.tensor_type.shape.dim]
+    unpruned = export_onnx(build_model("tiny_resnet", 10, dims[1]), tuple(dims), tmp_path / "unpruned.onnx")
+    ratio, _ = paired_ratio(get_target("ort-cpu"), artifact, unpruned)  # unpruned ÷ pruned
+    assert ratio > 1
+    assert ratio == pytest.approx(report["speedup"], rel=0.25)
