@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .groups import output_layers
 from .lut import LatencyTable
@@ -77,6 +77,8 @@ class Matched:
     ratio: float          # paired latency ratio vs the reference (1.0 = equal)
     ci: tuple[float, float]
     attempts: int
+    tries: list[tuple[float, float]] = field(default_factory=list)  # (knob, ratio) of every measured try
+    confirmed: float | None = None  # the chosen pair measured again
 
 
 def paired_ratio(target, reference_onnx: Path, candidate_onnx: Path) -> tuple[float, tuple[float, float]]:
@@ -89,12 +91,20 @@ def paired_ratio(target, reference_onnx: Path, candidate_onnx: Path) -> tuple[fl
 
 def match(build: Callable[[float], nn.Module], predict: Callable[[nn.Module], float], goal_ms: float,
           lo: float, hi: float, target, reference_onnx: Path, input_shape: tuple[int, ...],
-          tolerance: float = 0.03, attempts: int = 5) -> Matched:
+          tolerance: float = 0.03, attempts: int = 8) -> Matched:
     """Turn the knob of ``build`` until the model measures within ``tolerance`` of the reference.
 
-    The table's prediction (``predict``) finds the knob for ``goal_ms``; a paired measurement
-    against the reference then says how far off the real latency is, and the goal is scaled by
-    that miss. The closest of ``attempts`` tries is returned when none is within tolerance."""
+    The table's prediction finds the knob for ``goal_ms``; a paired measurement against the
+    reference says how far off the real latency is, and the goal is scaled by that miss. Once
+    one try is faster and one slower than the reference, the knob is bisected between them
+    instead: widths move in steps of ``round_to`` channels, and near the answer the table cannot
+    tell neighbouring steps apart as well as a measurement can (issue 9's first matches stopped
+    at 0.93-0.97). A knob whose architecture was already measured is not measured again.
+
+    When no try lands within ``tolerance``, the one kept is the closest that is not faster than
+    the reference by more than the tolerance: the compared method then has at least the
+    reference's latency to spend, so a claim that the reference is more accurate is not helped by
+    a faster baseline. The kept pair is measured once more (``confirmed``)."""
     cache: dict[float, nn.Module] = {}
 
     def model_at(k: float) -> nn.Module:
@@ -102,18 +112,67 @@ def match(build: Callable[[float], nn.Module], predict: Callable[[nn.Module], fl
             cache[k] = build(k)
         return cache[k]
 
-    best: Matched | None = None
+    tries: list[Matched] = []
+    measured: dict[tuple, Matched] = {}
+    knob: float | None = bisect(lambda k: predict(model_at(k)), goal_ms, lo, hi)
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(1, attempts + 1):
-            knob = bisect(lambda k: predict(model_at(k)), goal_ms, lo, hi)
-            onnx = export_onnx(model_at(knob), input_shape, Path(tmp) / f"try{i}.onnx")
+        while knob is not None and len(tries) < attempts:
+            arch = architecture(model_at(knob))
+            if arch in measured:
+                break  # the table maps the new goal to widths already measured
+            onnx = export_onnx(model_at(knob), input_shape, Path(tmp) / f"try{len(tries) + 1}.onnx")
             ratio, ci = paired_ratio(target, reference_onnx, onnx)
-            if best is None or abs(math.log(ratio)) < abs(math.log(best.ratio)):
-                best = Matched(knob, model_at(knob), ratio, ci, i)
+            measured[arch] = m = Matched(knob, model_at(knob), ratio, ci, len(tries) + 1)
+            tries.append(m)
             if abs(ratio - 1) <= tolerance:
                 break
             goal_ms /= ratio
+            if _bracketed(tries):
+                knob = _between(tries, model_at)
+            else:
+                knob = bisect(lambda k: predict(model_at(k)), goal_ms, lo, hi)
+        best = choose(tries, tolerance)
+        best.tries = [(round(t.knob, 6), round(t.ratio, 4)) for t in tries]
+        onnx = export_onnx(best.model, input_shape, Path(tmp) / "confirm.onnx")
+        best.confirmed = paired_ratio(target, reference_onnx, onnx)[0]
     return best
+
+
+def choose(tries: list[Matched], tolerance: float) -> Matched:
+    """Within tolerance: the closest try. Otherwise the closest not faster than the reference
+    by more than the tolerance, or, when every try is faster, the slowest."""
+    inside = [t for t in tries if abs(t.ratio - 1) <= tolerance]
+    if inside:
+        return min(inside, key=lambda t: abs(math.log(t.ratio)))
+    slower = [t for t in tries if t.ratio > 1]
+    return min(slower, key=lambda t: t.ratio) if slower else max(tries, key=lambda t: t.ratio)
+
+
+def _bracketed(tries: list[Matched]) -> bool:
+    return any(t.ratio < 1 for t in tries) and any(t.ratio > 1 for t in tries)
+
+
+def _between(tries: list[Matched], model_at) -> float | None:
+    """A knob between the closest faster and slower tries whose architecture is neither's
+    (None when they are neighbouring architectures: nothing lies between)."""
+    a = max((t for t in tries if t.ratio < 1), key=lambda t: t.ratio).knob
+    b = min((t for t in tries if t.ratio > 1), key=lambda t: t.ratio).knob
+    arch_a, arch_b = architecture(model_at(a)), architecture(model_at(b))
+    for _ in range(12):
+        mid = (a + b) / 2
+        arch = architecture(model_at(mid))
+        if arch == arch_a:
+            a = mid
+        elif arch == arch_b:
+            b = mid
+        else:
+            return mid
+    return None
+
+
+def architecture(model: nn.Module) -> tuple:
+    """What latency depends on: the shapes of every parameter."""
+    return tuple(tuple(p.shape) for p in model.parameters())
 
 
 def uniform_model(model: nn.Module, input_shape, table: LatencyTable, keep: float, round_to: int = 8) -> nn.Module:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from conftest import INPUT_SHAPE
+
 from edgeprune import baselines as b
 from edgeprune.prune import widths_of
 
@@ -53,17 +53,46 @@ class RatioTarget:
         return Alternation(rounds, (lat, lat))
 
 
-def test_match_rescales_the_goal_by_the_measured_miss(tiny_model, tiny_table, tmp_path):
+def _match(tiny_model, tiny_table, tmp_path, ratios, goal=0.7):
     ref = tmp_path / "ref.onnx"
     ref.write_bytes(b"")
-    goals = []
-    predict = b.predicted_ms(tiny_table, INPUT_SHAPE)
+    target = RatioTarget(ratios)
     build = lambda k: b.uniform_model(tiny_model, INPUT_SHAPE, tiny_table, k)
-    target = RatioTarget([1.2, 1.01])
-    m = b.match(build, lambda mdl: goals.append(1) or predict(mdl), 0.7 * tiny_table.predict({}), 0.1, 1.0,
+    m = b.match(build, b.predicted_ms(tiny_table, INPUT_SHAPE), goal * tiny_table.predict({}), 0.1, 1.0,
                 target, ref, INPUT_SHAPE)
+    return m, target
+
+
+def test_match_rescales_the_goal_by_the_measured_miss(tiny_model, tiny_table, tmp_path):
+    m, target = _match(tiny_model, tiny_table, tmp_path, [1.6, 1.01, 1.02])
     assert m.attempts == 2 and m.ratio == pytest.approx(1.01)
+    assert m.tries[1][0] < m.tries[0][0]  # slower than the reference: a smaller keep ratio next
+    assert m.confirmed == pytest.approx(1.02)  # the kept pair is measured once more
     assert target.ratios == []
+
+
+def test_match_bisects_between_a_faster_and_a_slower_try(tiny_model, tiny_table, tmp_path):
+    m, _ = _match(tiny_model, tiny_table, tmp_path, [0.6, 1.5, 1.01, 1.0])
+    (k1, _), (k2, _), (k3, _) = m.tries
+    assert min(k1, k2) < k3 < max(k1, k2)
+    assert m.attempts == 3 and m.ratio == pytest.approx(1.01)
+
+
+def test_match_never_measures_one_architecture_twice(tiny_model, tiny_table, tmp_path):
+    """Out of tolerance on both sides every time: the bisection runs out of new widths or of
+    attempts without measuring a width twice, and keeps the slower side."""
+    m, _ = _match(tiny_model, tiny_table, tmp_path, [0.9, 1.1] * 10)
+    archs = [b.architecture(b.uniform_model(tiny_model, INPUT_SHAPE, tiny_table, k)) for k, _ in m.tries]
+    assert len(set(archs)) == len(archs) <= 8
+    assert m.ratio == pytest.approx(1.1)
+
+
+def test_choose_keeps_the_baseline_no_faster_than_the_reference():
+    t = lambda r: b.Matched(r, None, r, (r, r), 1)
+    assert b.choose([t(0.94), t(1.05)], 0.03).ratio == 1.05  # out of tolerance: the slower side
+    assert b.choose([t(0.94), t(1.02), t(0.99)], 0.03).ratio == 0.99  # inside: the closest
+    assert b.choose([t(0.90), t(0.94)], 0.03).ratio == 0.94  # all faster: the slowest
+    assert b.choose([t(1.09), t(1.2)], 0.03).ratio == 1.09
 
 
 def test_finetune_pruned_reports_the_accuracy_path(tiny_model):

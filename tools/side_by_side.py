@@ -133,7 +133,7 @@ def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
         build = lambda r: cache[r] if r in cache else cache.setdefault(r, b.global_magnitude(s.model, s.input_shape, r))
         knob = b.bisect(lambda r: b.macs(build(r), s.input_shape), ref_macs, 0.0, 0.9)
         return build(knob), {"knob": knob}
-    return m.model, {"knob": m.knob, "match_attempts": m.attempts}
+    return m.model, {"knob": m.knob, "match_attempts": m.attempts, "match_tries": m.tries, "match_confirmed": m.confirmed}
 
 
 def record(s, out: Path, key: str, name: str, model, table, extra: dict) -> dict:
@@ -307,7 +307,7 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--candidates", type=int, default=32)
     p.add_argument("--refine", type=int, default=16)
-    p.add_argument("--profiles-dir", default="profiles")
+    p.add_argument("--profiles-dir", help="latency tables (default: OUT/profiles, so a study never rewrites the committed tables)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -318,7 +318,7 @@ def main() -> int:
         save_json(cfg_path, {"out": str(out), "model": a.model, "target": a.target, "input_size": a.input_size,
                              "data": a.data, "train_samples": a.train_samples, "val_samples": a.val_samples,
                              "baseline_epochs": a.baseline_epochs, "epochs": a.epochs, "budgets": a.budgets,
-                             "profiles_dir": a.profiles_dir,
+                             "profiles_dir": a.profiles_dir or str(Path(a.out) / "profiles"),
                              "abn": {"samples": a.candidates, "refine": a.refine}})
     if not cfg_path.exists():
         print(f"side_by_side: {cfg_path} missing: run the plan phase first", file=sys.stderr)
