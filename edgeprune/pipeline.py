@@ -226,10 +226,12 @@ def search_summary(result: LoopResult) -> dict:
     """What chose the widths, and how the accuracy search's reference candidates scored."""
     d = {"objective": result.search.objective, "proxy_accuracy": result.search.proxy_accuracy,
          "candidates": len(result.candidates)}
+    settled = round(result.search.budget_ms, 5)  # the references at the budget the loop settled at
     for origin in ("uniform", "importance"):
-        found = [c["accuracy"] for c in result.candidates if c["origin"] == origin]
+        found = [c["accuracy"] for c in result.candidates if c["origin"] in (origin, f"rescaled {origin}")
+                 and c["budget_ms"] == settled and "accuracy" in c]
         if found:
-            d[f"{origin}_proxy_accuracy"] = found[-1]  # of the last search: the budget the loop settled at
+            d[f"{origin}_proxy_accuracy"] = found[-1]
     return d
 
 

@@ -89,13 +89,40 @@ def test_planner_rescales_near_a_searched_budget_and_searches_again_far_from_it(
     calls = scorer.calls
     near = planner(0.95 * first.budget_ms)
     assert near.objective == "adaptive-bn" and near.predicted_ms < first.predicted_ms
-    assert scorer.calls == calls + 1  # one score for the report, no new search
+    finalists = [c for c in planner.result.candidates if c.final is not None]
+    assert scorer.calls == calls + len(finalists) + 1  # finalists re-scored, one for the report: no new search
     assert len(planner.searches) == 1
+    assert [c.origin for c in planner.rescaled] == [f"rescaled {c.origin}" for c in finalists]
     assert near.widths["c"] / 256 >= near.widths["a"] / 64  # the same shape, scaled down
     far = planner(0.6 * first.budget_ms)  # e.g. the first measurement showed the table far off
     assert len(planner.searches) == 2 and scorer.calls > calls + 2
     assert far.predicted_ms <= 0.6 * first.budget_ms
-    assert {c.budget_ms for c in planner.candidates} == {first.budget_ms, far.budget_ms}
+    assert {c.budget_ms for c in planner.candidates} == {first.budget_ms, near.budget_ms, far.budget_ms}
+
+
+def test_rescaling_re_ranks_the_finalists(three):
+    """The best shape at the searched budget loses its edge a little lower (a group crosses a
+    threshold when scaled), while another finalist keeps it: the rescaled pick is that one, not
+    the searched best scaled down (EfficientNet-Lite0 at 35%, issue 9)."""
+    from edgeprune.accuracy_search import AbnResult, Candidate
+    full = three.predict(three.groups)
+    budget = 0.05 + 0.8 * (full - 0.05)
+    f = lambda w: (1.0 if w["c"] >= 184 else 0.0) + 0.1 * w["a"] / 64 + 0.1 * w["b"] / 128
+    scorer = FakeScorer(f)
+    cfg = SearchConfig()
+    found = []
+    for origin, shape in (("mutation", {"a": 1.0, "b": 1.0, "c": 0.875}), ("uniform", {"a": 0.3, "b": 0.3, "c": 1.0})):
+        w = fit_shape(three, shape, budget, cfg)
+        found.append(Candidate(origin, budget, shape_of(three, w), w, three.predict(w), Score(f(w), 0), Score(f(w), 0)))
+    best = max(found, key=lambda c: c.final.key())
+    assert best.origin == "mutation" and best.widths["c"] >= 184  # at the searched budget, shape A wins
+    planner = ShapePlanner(three, scorer, cfg, None)
+    planner.searches.append((budget, AbnResult(best, found)))
+    lower = 0.9 * budget
+    assert fit_shape(three, best.shape, lower, cfg)["c"] < 184  # scaled down, A loses the threshold
+    r = planner(lower)
+    assert len(planner.searches) == 1 and r.predicted_ms <= lower
+    assert r.widths == fit_shape(three, found[1].shape, lower, cfg) and r.widths["c"] >= 184
 
 
 def test_a_search_where_the_unpruned_model_fits_never_stands_for_another_budget(three):

@@ -90,12 +90,15 @@ def plan(cfg: dict) -> None:
             save_json(out / "plan.json", state)
         for name in METHODS[1:]:
             if name not in methods:
-                model, extra = baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"])
-                methods[name] = record(s, out, key, name, model, table, extra)
+                try:
+                    model, extra = baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"])
+                    methods[name] = record(s, out, key, name, model, table, extra)
+                except Exception as e:  # noqa: BLE001 (a tool that cannot prune this model is a finding)
+                    methods[name] = {"failed": f"{type(e).__name__}: {e}"[:300]}
                 save_json(out / "plan.json", state)
             print(f"{key} {name}: {summary_line(methods[name])}", flush=True)
-        if set(entry.get("interleaved", {})) != {"unpruned", *methods}:
-            entry["interleaved"] = interleaved(s.target, state["baseline"]["onnx"], methods)
+        if set(entry.get("interleaved", {})) != {"unpruned", *usable(methods)}:
+            entry["interleaved"] = interleaved(s.target, state["baseline"]["onnx"], usable(methods))
             save_json(out / "plan.json", state)
 
 
@@ -169,7 +172,14 @@ def interleaved(target, unpruned_onnx: str, methods: dict) -> dict:
             for n, l in zip(names, lats)}
 
 
+def usable(methods: dict) -> dict:
+    """The methods that produced a model (a failed one records its error instead)."""
+    return {n: m for n, m in methods.items() if "failed" not in m}
+
+
 def summary_line(m: dict) -> str:
+    if "failed" in m:
+        return f"failed: {m['failed']}"
     return (f"predicted {m['predicted_ms']:.4f} ms, paired vs edgeprune {m['paired_vs_edgeprune']:.3f}, "
             f"MACs {m['macs'] / 1e6:.1f}M, proxy {m['proxy_val_accuracy']:.3f}")
 
@@ -207,7 +217,7 @@ def finetune(cfg: dict, seeds: list[int], jobs: int, methods: list[str]) -> None
     state = _load(out / "plan.json")
     tasks = [(key, name, seed, entry["methods"][name])
              for name in methods for seed in seeds for key, entry in state["budgets"].items()
-             if name in entry["methods"] and not (out / "results" / f"{key}-{name}-s{seed}.json").exists()]
+             if name in usable(entry["methods"]) and not (out / "results" / f"{key}-{name}-s{seed}.json").exists()]
     # edgeprune and uniform first: the comparison that decides the issue
     tasks.sort(key=lambda t: (t[1] not in FIRST, t[2], t[0], METHODS.index(t[1])))
     print(f"{len(tasks)} fine-tunes to run", flush=True)
@@ -226,6 +236,9 @@ def summarise(cfg: dict) -> dict:
     for key, entry in state["budgets"].items():
         inter = entry.get("interleaved", {})
         for name, m in entry["methods"].items():
+            if "failed" in m:
+                rows.append({"budget": key, "method": name, "failed": m["failed"]})
+                continue
             rs = [r for r in results if r["budget"] == key and r["method"] == name]
             acc = [r["finetuned"] for r in rs]
             rows.append({"budget": key, "method": name, "paired_vs_edgeprune": m["paired_vs_edgeprune"],
@@ -250,7 +263,7 @@ def pareto(summary: dict, path: Path) -> None:
     series: dict[str, list] = {}
     anchor = {r["budget"]: r["interleaved_ms"] for r in summary["rows"] if r["method"] == "edgeprune"}
     for r in summary["rows"]:
-        if r["finetuned_mean"] is not None and anchor.get(r["budget"]) is not None:
+        if r.get("finetuned_mean") is not None and anchor.get(r["budget"]) is not None:
             series.setdefault(r["method"], []).append(
                 Point(anchor[r["budget"]] * r["paired_vs_edgeprune"], r["finetuned_mean"], r["finetuned_sd"],
                       f"{float(r['budget']):.0%}"))
@@ -267,6 +280,9 @@ def markdown(summary: dict) -> str:
              "| budget | method | latency vs edgeprune (paired, 95% CI) | interleaved median | MACs (M) | val acc after BN re-est. | test acc after BN re-est. | after fine-tune, mean ± sd (n) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
+        if "failed" in r:
+            lines.append(f"| {float(r['budget']):.0%} | {r['method']} | failed: {r['failed']} |||||| ")
+            continue
         ft = "—" if r["finetuned_mean"] is None else (
             f"{r['finetuned_mean']:.2%} ± {100 * (r['finetuned_sd'] or 0):.2f} ({len(r['finetuned'])})")
         inter = "—" if r["interleaved_ms"] is None else f"{r['interleaved_ms']:.4f} ms"
