@@ -3,7 +3,10 @@
 All methods start from one trained baseline; every pruned model gets the same fine-tune recipe
 (``finetune.finetune_pruned``) over several seeds and is scored on the full test set. The
 baselines' latency is matched to edgeprune's final model within ±3% by a paired same-run
-measurement, and all final models of a budget are measured interleaved in one run.
+measurement (``baselines.match``: the knob is bisected between a faster and a slower try; out of
+tolerance, the baseline kept is the one not faster than edgeprune's model), and all final
+models of a budget are measured interleaved in one run. A baseline tool that cannot prune the
+model (NNI's tracer on EfficientNet-Lite0) is recorded as failed with its error.
 
     python tools/side_by_side.py plan --model resnet18 --out runs/sbs-r18      # measure, search, match (serial)
     python tools/side_by_side.py finetune --out runs/sbs-r18 --seeds 0 1 2 --jobs 2
