@@ -206,6 +206,8 @@ def _finetune_task(task: tuple[str, str, int, dict]) -> str:
     key, name, seed, m = task
     s, cfg = _WORKER["s"], _WORKER["cfg"]
     path = Path(cfg["out"]) / "results" / f"{key}-{name}-s{seed}.json"
+    if path.exists():  # another finetune process (e.g. one per seed) got here first
+        return f"{path.name}: done elsewhere"
     t0 = time.time()
     model = s.pruned(m["widths"], m["weights"])
     teacher = copy.deepcopy(s.model).eval()
