@@ -216,9 +216,10 @@ class ShapePlanner:
         """The search's finalists scaled to ``budget_ms`` and scored again; the best wins.
 
         Scaling moves narrow groups by whole rounding steps, so the best shape at one budget
-        need not be the best a few percent lower. EfficientNet-Lite0 at 35% (issue 9): the best
-        shape scored 70.6% at the searched budget and 50.6% scaled 4% lower, where the uniform
-        shape scored 54.0%. Re-scoring the finalists costs a handful of full scores."""
+        need not be the best a few percent lower. EfficientNet-Lite0 at 35% (issue 9,
+        tools/rescale_study.py): the best shape scored 70.6% at the searched budget; scaled 8%
+        lower, no finalist scored above 49.3%, and the uniform shape 54.3%. Re-scoring the
+        finalists costs a handful of full scores."""
         rescored = []
         for c in (c for c in found.candidates if c.final is not None):
             widths = fit_shape(self.table, c.shape, budget_ms, self.cfg)
