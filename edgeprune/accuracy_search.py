@@ -46,15 +46,15 @@ class AbnConfig:
     seed: int = 0
 
     def __post_init__(self):
-        low = {k: v for k, v in (("candidates", self.samples), ("refine", self.refine), ("finalists", self.finalists))
-               if v < 0}
+        low = {k: v for k, v in (("candidates", self.samples), ("refine", self.refine), ("finalists", self.finalists),
+                                 ("search-seed", self.seed)) if v < 0}
         low.update({k: v for k, v in (("parents", self.parents), ("screen_batches", self.screen_batches),
                                       ("screen_samples", self.screen_samples), ("calib_batches", self.calib_batches),
                                       ("batch_size", self.batch_size), ("eval_samples", self.eval_samples)) if v < 1})
         if low:
             from .errors import UsageError
             raise UsageError("accuracy search: " + ", ".join(f"{k} {v} is out of range" for k, v in low.items())
-                             + " (candidates, refine >= 0; batches and sample counts >= 1)")
+                             + " (candidates, refine, search-seed >= 0; batches and sample counts >= 1)")
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ class Matched:
     ci: tuple[float, float]
     attempts: int
     tries: list[tuple[float, float]] = field(default_factory=list)  # (knob, ratio) of every measured try
-    confirmed: float | None = None  # the chosen pair measured again
+    confirmed: float | None = None  # the chosen pair measured again ...
+    confirmed_ci: tuple[float, float] | None = None  # ... and that reading's 95% CI
 
 
 def paired_ratio(target, reference_onnx: Path, candidate_onnx: Path) -> tuple[float, tuple[float, float]]:
@@ -134,7 +135,7 @@ def match(build: Callable[[float], nn.Module], predict: Callable[[nn.Module], fl
         best = choose(tries, tolerance)
         best.tries = [(round(t.knob, 6), round(t.ratio, 4)) for t in tries]
         onnx = export_onnx(best.model, input_shape, Path(tmp) / "confirm.onnx")
-        best.confirmed = paired_ratio(target, reference_onnx, onnx)[0]
+        best.confirmed, best.confirmed_ci = paired_ratio(target, reference_onnx, onnx)
     return best
 
 

@@ -40,9 +40,9 @@ class LoopConfig:
     slack: float = 0.05    # a fit further under the aim than this is worth a larger try
     importance: str = "l1"  # which channels of a group are kept (the criterion the plan used)
     confirm: float = 0.15  # a measurement further than this from the table's prediction is taken
-    #                        again before it moves the budget (0 = never): on a shared host one
-    #                        disturbed measurement read 1.5-1.75x the prediction, and acting on it
-    #                        left EfficientNet-Lite0 16% under its budget (issue 9)
+    #                        again before it moves the budget (0 = never): on a shared host two
+    #                        readings of 1.46x and 1.75x the prediction left EfficientNet-Lite0
+    #                        16% under its budget after 5 rounds (issue 9, BENCHMARKS.md)
 
 
 @dataclass
@@ -134,23 +134,22 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
                        f"raise the budget or lower --min-ratio/--min-width")
 
 
-def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float,
-                  confirm: float) -> tuple[Latency, bool]:
+def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float | None = None,
+                  confirm: float = 0.0) -> tuple[Latency, bool]:
     """One round's measurement; when it is more than ``confirm`` off the prediction, a second one,
     and the least-disturbed windows of both (``Latency.merged``). A real miss reads the same
     twice; a neighbour's burst does not."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
         latency = target.measure(onnx)
-        if confirm and abs(latency.median_ms / predicted_ms - 1) > confirm:
+        if confirm and predicted_ms and abs(latency.median_ms / predicted_ms - 1) > confirm:
             return latency.merged(target.measure(onnx)), True
     return latency, False
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], target: Target) -> Latency:
     """Export to a temporary ONNX file and measure it end to end on ``target``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return target.measure(export_onnx(model, input_shape, Path(tmp) / "model.onnx"))
+    return measure_round(model, input_shape, target)[0]
 
 
 def gradual_budgets(baseline_ms: float, budget_ms: float, steps: int) -> list[float]:

@@ -67,7 +67,8 @@ def test_match_rescales_the_goal_by_the_measured_miss(tiny_model, tiny_table, tm
     m, target = _match(tiny_model, tiny_table, tmp_path, [1.6, 1.01, 1.02])
     assert m.attempts == 2 and m.ratio == pytest.approx(1.01)
     assert m.tries[1][0] < m.tries[0][0]  # slower than the reference: a smaller keep ratio next
-    assert m.confirmed == pytest.approx(1.02)  # the kept pair is measured once more
+    assert m.confirmed == pytest.approx(1.02)  # the kept pair is measured once more, with its CI
+    assert m.confirmed_ci == pytest.approx((1.02, 1.02))
     assert target.ratios == []
 
 

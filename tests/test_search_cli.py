@@ -47,7 +47,7 @@ def test_search_input_errors_are_one_line(tmp_path, cli, fake_target_file, args,
     assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
 
 
-@pytest.mark.parametrize("flag, value", [("--candidates", "-1"), ("--refine", "-2")])
+@pytest.mark.parametrize("flag, value", [("--candidates", "-1"), ("--refine", "-2"), ("--search-seed", "-3")])
 def test_out_of_range_search_sizes_are_refused(tmp_path, cli, fake_target_file, flag, value):
     r = cli(["prune", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--budget-ms", "0.15",
              flag, value, "--out", tmp_path / "out", "--profiles-dir", tmp_path / "p"], cwd=tmp_path)
