@@ -13,15 +13,17 @@ from .timing import Latency
 
 
 def targets() -> list[dict]:
-    """Every target file found, with whether its runtime is installed here."""
+    """Every target file found, with whether its runtime is installed here and, separately,
+    whether its device is present (``None``: unknown without the runtime)."""
     from .targets import target_class
     rows = []
     for name, path in sorted(target_files().items()):
         try:
             spec = load_spec(str(path))
-            installed = target_class(spec.runtime).installed()
+            cls = target_class(spec.runtime)
             rows.append({"name": name, "runtime": spec.runtime, "device": spec.device,
-                         "threads": spec.threads, "installed": installed, "path": str(path),
+                         "threads": spec.threads, "installed": cls.installed(),
+                         "device_present": cls.device_present(spec), "path": str(path),
                          "budgets_ms": spec.budgets_ms})
         except UsageError as e:
             rows.append({"name": name, "error": str(e), "path": str(path), "installed": False})

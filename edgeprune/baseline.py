@@ -1,8 +1,8 @@
 """Performance baselines (what one artifact measured on one target, kept to test later runs
 against) and the other references a check compares with: the artifact's metadata and its budget.
 
-A baseline is a versioned JSON file (``profiles/TARGET/baseline-STEM.json`` by default, committed
-beside the latency tables) and a frozen copy of the artifact beside it (``baseline-STEM.onnx``):
+A baseline is a versioned JSON file (``profiles/TARGET/baseline-KEY.json`` by default, KEY the artifact's
+path, committed beside the latency tables) and a frozen copy of the artifact beside it (``baseline-KEY.frozen.onnx``):
 a later check runs that copy and the new artifact in turn in one run, which a shared host's drift
 cannot fool. The JSON keeps every window median of the measurement (the unit the
 regression statistics resample), the least-disturbed window's raw samples, the timing protocol
@@ -101,15 +101,21 @@ def record(path: Path, meta: dict, target: str, fingerprint: dict, timing: dict,
                "cpu_wait": [a.cpu_wait for a in attempts],
                "window_medians_ms": [round(w, 6) for w in windows],
                "samples_ms": [round(x, 6) for x in best.samples_ms]}
-    art = {"path": str(path), "name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size,
-           "model": meta.get("model"), "frozen": frozen}
+    art = {"path": str(path), "name": path.name, "key": artifact_key(path), "sha256": file_digest(path),
+           "size_bytes": path.stat().st_size, "model": meta.get("model"), "frozen": frozen}
     return Baseline(art, target, fingerprint, timing, latency, sessions=sessions, edgeprune_version=__version__)
 
 
 def freeze(artifact: Path, baseline_path: Path) -> str:
-    """Copy the artifact beside its baseline (``baseline-STEM.onnx``; an IR's .bin too), so
-    later checks can run the old model next to the new one; the copy's file name."""
-    dest = baseline_path.with_suffix(artifact.suffix)
+    """Copy the artifact beside its baseline (``BASELINE.frozen.onnx``; an IR's .bin too), so
+    later checks can run the old model next to the new one; the copy's file name. The ``.frozen``
+    infix keeps the copy from ever being the artifact: ``--baseline deployed.json`` beside
+    ``deployed.onnx`` once named the copy ``deployed.onnx``, so replacing the artifact replaced
+    the copy and the paired comparison silently fell back to the absolute one."""
+    dest = baseline_path.with_name(f"{baseline_path.stem}.frozen{artifact.suffix}")
+    if dest.resolve() == artifact.resolve():
+        raise UsageError(f"the baseline's frozen copy would overwrite the artifact {artifact}; name the baseline "
+                         "file differently")
     companions = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
     for src in [*companions, artifact]:  # the .xml last: its presence means the copy is whole
         if not src.is_file():
@@ -193,9 +199,33 @@ def describe_mismatch(diff: dict[str, tuple]) -> str:
 
 
 def default_path(target: str, artifact: str | os.PathLike, root: str | os.PathLike = "profiles") -> Path:
-    """``profiles/TARGET/baseline-STEM.json``: one baseline per (artifact, target)."""
+    """``profiles/TARGET/baseline-KEY.json``: one baseline per (artifact, target), where KEY is
+    the artifact's path (``artifact_key``): two prune runs both write ``model.onnx``, and their
+    baselines must not be one file."""
     target = Path(target).stem if target.endswith((".yaml", ".yml")) else target
-    return Path(root) / target / f"baseline-{Path(artifact).stem}.json"
+    return Path(root) / target / f"baseline-{artifact_key(artifact)}.json"
+
+
+def artifact_key(artifact: str | os.PathLike) -> str:
+    """The artifact's path relative to the working directory (absolute outside it) without its
+    suffix, as a file-name slug: ``m.onnx`` -> ``m``, ``runs/a/model.onnx`` -> ``runs_a_model``."""
+    path = Path(os.path.abspath(artifact))
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    parts = [p for p in (*path.parent.parts, path.stem) if p not in ("/", ".", "")]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_") or "artifact"
+
+
+def check_same_artifact(base: "Baseline", artifact: Path, baseline_path: Path) -> None:
+    """UsageError when the baseline was recorded for another artifact (a new version of the same
+    artifact keeps its path; another artifact needs its own baseline, ``--update``)."""
+    recorded = base.artifact.get("key") or Path(str(base.artifact.get("name", ""))).stem
+    here = artifact_key(artifact) if base.artifact.get("key") else artifact.stem
+    if recorded and recorded != here:
+        raise UsageError(f"baseline {baseline_path} was recorded for {base.artifact.get('path')}, not {artifact}; "
+                         f"record one for this artifact with --update")
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .baseline import (Baseline, Budget, artifact_metadata, default_path, describe_mismatch, file_digest,
-                       freeze, frozen_artifact, mismatches, record, resolve_budget)
+from .baseline import (Baseline, Budget, artifact_metadata, check_same_artifact, default_path, describe_mismatch,
+                       file_digest, freeze, frozen_artifact, mismatches, record, resolve_budget)
 from .comparison import (CONFIDENCE, DEFAULT_TOLERANCE, METHODS, Comparison, compare, compare_paired,  # noqa: F401
                          latency_of)
 from .errors import UsageError
@@ -209,6 +209,7 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
             raise UsageError(f"no baseline at {bpath}; create it with: edgeprune check {artifact} "
                              f"--target {target or tgt.spec.name}{where} --update")
         base = Baseline.load(bpath)
+        check_same_artifact(base, path, bpath)
         res.baseline_ms = float(base.latency["latency_ms"])
         _describe_baseline(res, base, path, fp, allow_mismatch)
         timing = _timing(base, bpath)

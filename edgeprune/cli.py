@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
-from .errors import EdgepruneError
+from . import __version__
+from .cpus import passive_openmp
+from .errors import INTERNAL_ERROR, EdgepruneError, UsageError
+
+DEFAULT_TARGET = "ort-cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
+    passive_openmp()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -23,10 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeprune: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 (a bug or the machine, never "bad input" nor "regression")
+        if args.debug or os.environ.get("EDGEPRUNE_DEBUG"):
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        print(f"edgeprune: internal error: {type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno}; "
+              f"--debug or EDGEPRUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 def _session_kwargs(a) -> dict:
-    keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance")
+    keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance", "landings")
     kw = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
     if getattr(a, "levels", None) is not None:
         from .profile import ProfileConfig
@@ -40,12 +54,14 @@ def cmd_targets(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(f"{'target':<20} {'runtime':<14} {'device':<10} {'runtime':<15} device")
     for r in rows:
-        mark = "installed" if r["installed"] else "not installed"
         if "error" in r:
             print(f"{r['name']:<20} invalid: {r['error']}")
-        else:
-            print(f"{r['name']:<20} {r['runtime']:<14} {r['device']:<10} {mark}")
+            continue
+        runtime = "installed" if r["installed"] else "not installed"
+        device = {True: "present", False: "absent", None: "unknown"}[r["device_present"]]
+        print(f"{r['name']:<20} {r['runtime']:<14} {r['device']:<10} {runtime:<15} {device}")
     return 0
 
 
@@ -66,6 +82,10 @@ def cmd_profile(a) -> int:
     t = profile(a.model, a.target, out=a.out, **{k: v for k, v in kw.items() if k != "input_size"},
                 input_size=a.input_size)
     e = t.error
+    if a.json:
+        print(json.dumps({"path": str(t.path), "hash": t.digest, "layers": len(t.layers), "groups": t.groups,
+                          "error": {"n": e.n, "within_10pct": e.within_10pct, "rmspe": e.rmspe}}))
+        return 0
     print(f"wrote {t.path}: {len(t.layers)} layers, {len(t.groups)} groups; prediction error over "
           f"{e.n} random configurations: {e.within_10pct:.0%} within ±10%, RMSPE {e.rmspe:.1%}")
     return 0
@@ -102,8 +122,11 @@ def cmd_prune(a) -> int:
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
                    abn=_abn_config(a), **_session_kwargs(a))
-    print_summary(report)
-    print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
+    if a.json:
+        print((out / "report.json").read_text().strip())  # the report as written
+    else:
+        print_summary(report)
+        print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
     return 0 if report["within_budget"] else 1
 
 
@@ -114,13 +137,22 @@ def _abn_config(a):
 
 def cmd_export(a) -> int:
     from .api import export
-    widths = None
-    if a.run:
-        report = json.loads((Path(a.run) / "report.json").read_text())
+    from .runs import read_run
+    widths, input_size, target = None, a.input_size, a.target
+    if a.run:  # the run's own model, input size and target, unless given
+        report = read_run(a.run)
+        if report["model"] != a.model:
+            raise UsageError(f"{a.run} pruned {report['model']!r}, not {a.model!r}")
         widths = report["widths"]
         a.weights = a.weights or str(Path(a.run) / "model.pt")
-    r = export(a.model, a.out, a.format, a.input_size, a.weights, a.target, widths)
-    print(f"wrote {r.path} ({r.kind}, {r.size_bytes} bytes, max |diff| vs PyTorch {r.max_abs_diff:.2e})")
+        input_size = input_size or report.get("input_size")
+        target = target or report.get("target")
+    r = export(a.model, a.out, a.format, input_size, a.weights, target or DEFAULT_TARGET, widths)
+    if a.json:
+        print(json.dumps({"path": str(r.path), "kind": r.kind, "size_bytes": r.size_bytes,
+                          "max_abs_diff": r.max_abs_diff}))
+    else:
+        print(f"wrote {r.path} ({r.kind}, {r.size_bytes} bytes, max |diff| vs PyTorch {r.max_abs_diff:.2e})")
     return 0
 
 
@@ -141,7 +173,10 @@ def cmd_report(a) -> int:
     from .runs_report import compare_runs
     out = a.out or (a.runs[0] if len(a.runs) == 1 else "report")
     path = compare_runs(a.runs, out)
-    print(f"wrote {path} and {Path(out) / 'pareto.png'}; refreshed report.md and charts in {len(a.runs)} run(s)")
+    if a.json:
+        print(json.dumps({"report": str(path), "pareto": str(Path(out) / "pareto.png"), "runs": a.runs}))
+    else:
+        print(f"wrote {path} and {Path(out) / 'pareto.png'}; refreshed report.md and charts in {len(a.runs)} run(s)")
     return 0
 
 
@@ -160,7 +195,10 @@ def cmd_check(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeprune", description="Prune CNNs to a measured latency budget.")
+    p = argparse.ArgumentParser(prog="edgeprune", description="Prune CNNs to a measured latency budget. Exit codes: "
+                                "0 done; 1 budget not met or regression; 2 bad input; 3 internal error; 130 interrupted.")
+    p.add_argument("--version", action="version", version=f"edgeprune {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(title="commands")
 
     def cmd(name, func, help_):
@@ -168,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         return c
 
-    def common(c, model=True):
+    def common(c, model=True, target=DEFAULT_TARGET):
         if model:
             c.add_argument("model", help="torchvision name, efficientnet_lite0, or pkg.module:factory")
-        c.add_argument("--target", default="ort-cpu", help="target name in targets/ or a YAML path")
+        c.add_argument("--target", default=target, help=f"target name in targets/ or a YAML path (default {target})")
         c.add_argument("--input-size", type=int, help="square input size in pixels")
         c.add_argument("--weights", help="trained state dict (loaded with weights_only=True)")
 
@@ -181,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--allow-table-mismatch", action="store_true", default=None,
                        help="use a table measured under other conditions")
         c.add_argument("--importance", help="channel importance: l1 (default), l2, bn_scale, fpgm, lamp")
+        c.add_argument("--no-landings", dest="landings", action="store_false", default=None,
+                       help="neither use nor keep the loop's readings beside the table (TABLE.landings.json), "
+                            "which correct its predictions where budgets land")
         g = c.add_argument_group("profiling (when a table is measured)")
         g.add_argument("--levels", type=int, default=5, help="widths per group (rounded up to a prime)")
         g.add_argument("--runs", type=int, default=10, help="profiled runs per configuration")
@@ -214,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     table_args(c)
     c.add_argument("--out", help="table file to write")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
     common(c)
@@ -241,12 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--val-samples", type=int)
     c.add_argument("--test-samples", type=int)
     c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--json", action="store_true", help="print the report as JSON (also in OUT/report.json)")
 
     c = cmd("export", cmd_export, "export a (pruned) model as a validated device artifact")
-    common(c)
+    common(c, target=None)
     c.add_argument("--format", default="onnx", help="onnx, ort, openvino (FP32 IR), openvino-fp16 (tensorrt: later)")
-    c.add_argument("--run", help="a prune output directory: export its pruned model")
-    c.add_argument("--out", required=True)
+    c.add_argument("--run", help="a prune output directory: export its pruned model (its input size and target "
+                   "unless given)")
+    c.add_argument("--out", required=True, help="artifact file to write")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("quantize", cmd_quantize, "INT8 post-training quantization (NNCF) of a prune run's model; FP32, "
             "FP16 and INT8 latency (interleaved), accuracy and size on an OpenVINO target")
@@ -265,9 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
             "against measured latency (one series per objective and target)")
     c.add_argument("runs", nargs="+", metavar="RUN", help="prune output directories")
     c.add_argument("--out", help="where pareto.png and report.md go (default: the run, or ./report for several)")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("check", cmd_check, "re-measure an artifact and fail on a latency regression or budget excess "
-            "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input)")
+            "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input; 3 internal error)")
     c.add_argument("artifact", nargs="?", help="ONNX (or .ort) file to check")
     c.add_argument("--all", metavar="DEPLOY_FILE", help="check every artifact x target of a deploy file")
     c.add_argument("--target", help="target name or YAML path (default: the artifact's, else ort-cpu)")

@@ -18,6 +18,14 @@ import tempfile
 from contextlib import ExitStack, contextmanager
 
 LOCK_DIR = os.path.join(tempfile.gettempdir(), "edgeprune-cpus")
+
+
+def passive_openmp() -> None:
+    """Ask OpenMP threads to sleep, not busy-wait, between ops: spinning threads steal the core
+    a latency measurement runs on. Only effective before torch loads, so processes that measure
+    (the CLI, the tools) call it first; ``import edgeprune`` does not, because the pytest
+    plugin would then change every pytest run. A user's own setting wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _held: dict[int, int] = {}   # CPU -> how many nested pinned() of this process hold it
 
 

@@ -5,6 +5,9 @@ import difflib
 from typing import Iterable
 
 
+INTERNAL_ERROR = 3  # exit code of an unexpected exception: CI can tell a crash from a regression (1)
+
+
 class EdgepruneError(Exception):
     """Base class; ``exit_code`` is what the CLI returns."""
 
@@ -53,3 +56,18 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UsageError:
     choices = sorted(choices)
     hint = suggest(name, choices) or f"; known: {', '.join(choices)}"
     return UsageError(f"unknown {kind} {name!r}{hint}")
+
+
+MACHINE_ERRORS = (MemoryError, RecursionError)  # never "bad input", whatever raised them
+
+
+def is_bad_input(e: BaseException, *libraries: str) -> bool:
+    """Whether ``e``, raised while reading or running the user's file or model, says the input is
+    bad (a file, value or runtime error, or an error type of one of ``libraries``) rather than the
+    machine (out of memory, recursion) or a bug of ours (TypeError, AttributeError...): only the
+    former may become "bad input, exit 2"."""
+    if isinstance(e, MACHINE_ERRORS):
+        return False
+    return (isinstance(e, (OSError, ValueError, RuntimeError, EOFError))
+            or any(type(e).__module__.startswith(lib) for lib in libraries))
+

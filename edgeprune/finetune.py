@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DataBundle
-from .errors import UsageError
+from .errors import MACHINE_ERRORS, UsageError
 from .metrics import Metrics, evaluate
 from .onnxio import atomic_write
 
@@ -292,17 +292,27 @@ def _resume(path: Path | None, key: str, model: nn.Module, opt) -> _State | None
         return None
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # unreadable or foreign file: start fresh
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or ck.get("key") != key:
-        return None
+    except Exception as e:  # a corrupt file raises any type from the unpickler
+        if isinstance(e, MACHINE_ERRORS):
+            raise
+        return _fresh(path, f"it is unreadable ({type(e).__name__})")
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        return _fresh(path, "it is not an edgeprune fine-tune checkpoint")
+    if ck.get("key") != key:
+        return _fresh(path, "it belongs to another job (other widths, epochs or data)")
     if not (_same_shapes(model, ck["model"]) and _same_shapes(model, ck["best_state"])):
-        return None  # same key but another architecture: never load half a state
+        return _fresh(path, "its model has other shapes")  # never load half a state
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     history = [EpochLog(**h) for h in ck["history"]]
     return _State(ck["epoch"], ck["best_state"], Metrics(**ck["best_val"]), history,
                   ck["lr_scale"], ck["no_improve"], ck["rollbacks"], ck["stopped_early"])
+
+
+def _fresh(path: Path, why: str) -> None:
+    """Say that a checkpoint is not resumed, and why (it is overwritten as training goes)."""
+    print(f"edgeprune: not resuming from {path}: {why}; training starts afresh", file=sys.stderr)
+    return None
 
 
 def _same_shapes(model: nn.Module, state: dict) -> bool:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .errors import MACHINE_ERRORS, UsageError
 from .onnxio import module_call_order
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -97,7 +99,23 @@ def iter_groups(model: nn.Module, input_shape: tuple[int, ...], dg=None):
 
 
 def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
-    """Groups and layers of ``model`` for an input of ``input_shape`` (N, C, H, W)."""
+    """Groups and layers of ``model`` for an input of ``input_shape`` (N, C, H, W); one clear
+    line (UsageError) when the dependency graph cannot be built for this architecture
+    (shufflenet_v2 raised a ZeroDivisionError deep inside Torch-Pruning)."""
+    try:
+        return _analyse(model, input_shape)
+    except Exception as e:
+        if isinstance(e, MACHINE_ERRORS):
+            raise
+        import traceback
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        raise UsageError(f"cannot find the channel groups of this {type(model).__name__}: Torch-Pruning's dependency "
+                         f"graph failed with {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                         f"(in {frame.name}, {Path(frame.filename).name}:{frame.lineno}); this architecture cannot "
+                         f"be pruned here, though `edgeprune measure` still measures it") from None
+
+
+def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
     names = {m: n for n, m in model.named_modules()}
     layers = {n: _layer(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
     order = module_call_order(model, input_shape)

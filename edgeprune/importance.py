@@ -5,6 +5,8 @@ groups of different sizes; the search trades it against milliseconds saved.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch.nn as nn
 
@@ -29,18 +31,32 @@ def criterion(name: str = "l1"):
     return getattr(tp.importance, cls)(**kwargs)
 
 
-def group_scores(imp, group) -> np.ndarray:
-    """Per-channel scores of one tp.Group, mean-normalised, in channel order."""
+def group_scores(imp, group) -> np.ndarray | None:
+    """Per-channel scores of one tp.Group, mean-normalised, in channel order; None when the
+    criterion cannot score it (bn_scale on a group without BatchNorm, all-zero weights)."""
     s = imp(group)
-    s = np.zeros(len(group[0].idxs)) if s is None else s.detach().double().cpu().numpy()
-    s = np.nan_to_num(np.abs(s))
+    if s is None:
+        return None
+    s = np.nan_to_num(np.abs(s.detach().double().cpu().numpy()))
     mean = s.mean()
-    return s / mean if mean > 0 else np.ones_like(s)
+    return s / mean if mean > 0 else None
 
 
 def importances(model: nn.Module, input_shape: tuple[int, ...], name: str = "l1") -> dict[str, np.ndarray]:
-    """Group name -> scores sorted high to low (what keeping the top-k of a group retains)."""
+    """Group name -> scores sorted high to low (what keeping the top-k of a group retains).
+
+    A group the criterion cannot score counts all its channels equally, and a line on stderr
+    says which groups those are (the search then cuts them by latency alone)."""
     from .groups import iter_groups
     imp = criterion(name)
-    return {g: np.sort(group_scores(imp, group))[::-1].copy()
-            for g, group, _ in iter_groups(model, input_shape)}
+    out, unscored = {}, []
+    for g, group, _ in iter_groups(model, input_shape):
+        s = group_scores(imp, group)
+        if s is None:
+            unscored.append(g)
+            s = np.ones(len(group[0].idxs))
+        out[g] = np.sort(s)[::-1].copy()
+    if unscored:
+        print(f"edgeprune: importance {name!r} cannot score {len(unscored)} group(s) ({', '.join(unscored[:4])}"
+              f"{', ...' if len(unscored) > 4 else ''}); their channels count equally", file=sys.stderr)
+    return out

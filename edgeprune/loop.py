@@ -53,6 +53,7 @@ class Round:
     measured_ms: float
     measured_p90_ms: float
     remeasured: bool = False  # the first reading was far from the prediction and was taken again
+    calibrated_ms: float | None = None  # the profile's own prediction, before landings corrected it
 
     def to_dict(self) -> dict:
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -86,7 +87,10 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     Each round aims ``margin`` under the budget. A miss scales the search budget by
     aim/measured (never below the smallest allowed model, which is tried before giving up);
     a fit with more than ``slack`` to spare after a miss bisects back up, because one
-    disturbed measurement should not cost accuracy. The largest fitting model is kept.
+    disturbed measurement should not cost accuracy. A first fit with more than ``slack`` to
+    spare whose reading was confirmed far under the prediction (the table over-predicts there)
+    scales the search budget up the same way: a smaller model than the budget allows loses
+    accuracy for nothing. The largest fitting model is kept.
     """
     cfg = cfg or LoopConfig()
     plan = ImportancePlanner(table, planner, search_cfg) if isinstance(planner, dict) else planner
@@ -95,6 +99,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     rounds: list[Round] = []
     fits = best = None
     fit_at, miss_at, tried = None, None, set()
+    landed: list[tuple[dict[str, int], float]] = []
     search_budget = max(aim, floor)
     for k in range(1, cfg.max_rounds + 1):
         result = plan(search_budget)
@@ -106,23 +111,37 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
             continue
         tried.add(key)
         pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance)
-        latency, again = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm)
-        rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms, again))
+        latency, again, confirmed = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm)
+        rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms, again,
+                            table.calibrated(result.widths)))
+        landed.append((result.widths, latency.median_ms))  # far readings were confirmed above
         current = LoopResult(pruned, result, latency, rounds)
         if best is None or latency.median_ms < best.latency.median_ms:
             best = current
         if latency.median_ms <= aim:
             if fit_at is None or search_budget > fit_at:
                 fits, fit_at = current, search_budget
-            if miss_at is None or latency.median_ms >= aim * (1 - cfg.slack):
+            if latency.median_ms >= aim * (1 - cfg.slack):
                 break
-            search_budget = (search_budget + miss_at) / 2
+            if miss_at is not None:
+                search_budget = (search_budget + miss_at) / 2
+            elif confirmed and latency.median_ms < result.predicted_ms:
+                # the table over-predicts here (confirmed twice): a model this far under the
+                # aim spends accuracy for nothing, so grow by the measured surplus
+                search_budget = search_budget * aim / latency.median_ms
+            else:
+                break
         else:
             miss_at = search_budget if miss_at is None else min(miss_at, search_budget)
             if search_budget <= floor * (1 + 1e-9):
                 break
             scaled = max(floor, search_budget * aim / latency.median_ms)
             search_budget = (fit_at + search_budget) / 2 if fit_at is not None else scaled
+    # the table learns between runs, the loop within one: a landing applied mid-loop would
+    # count the same miss twice (in the table and in the scaled budget)
+    if table.landings is not None:
+        for widths, ms in landed:
+            table.landings.add(widths, ms)
     if fits is None and best is not None and best.latency.median_ms <= budget_ms:
         fits = best  # inside the budget, if not by the margin aimed for
     if fits is not None:
@@ -135,16 +154,20 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
 
 
 def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float | None = None,
-                  confirm: float = 0.0) -> tuple[Latency, bool]:
-    """One round's measurement; when it is more than ``confirm`` off the prediction, a second one,
-    and the least-disturbed windows of both (``Latency.merged``). A real miss reads the same
-    twice; a neighbour's burst does not."""
+                  confirm: float = 0.0) -> tuple[Latency, bool, bool]:
+    """One round's measurement: (latency, re-measured, confirmed). When the reading is more than
+    ``confirm`` off the prediction, a second one is taken and the least-disturbed windows of
+    both kept (``Latency.merged``); ``confirmed`` when the second reading is off the same way.
+    A real miss reads the same twice; a neighbour's burst does not."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
         latency = target.measure(onnx)
-        if confirm and predicted_ms and abs(latency.median_ms / predicted_ms - 1) > confirm:
-            return latency.merged(target.measure(onnx)), True
-    return latency, False
+        off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
+        if confirm and abs(off) > confirm:
+            second = target.measure(onnx)
+            again = second.median_ms / predicted_ms - 1
+            return latency.merged(second), True, abs(again) > confirm and again * off > 0
+    return latency, False, False
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], target: Target) -> Latency:

@@ -12,12 +12,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .calibration import Calibration
 from .errors import UsageError
 from .onnxio import atomic_write
+
+if TYPE_CHECKING:
+    from .landings import Landings
 
 SCHEMA_VERSION = 2  # 2: per-group calibration terms
 MATCH_KEYS = ("runtime", "runtime_version", "device", "device_name", "provider", "model_format", "threads", "precision",
@@ -73,16 +77,36 @@ class LatencyTable:
     # per layer [in_group, out_group, in_channels, out_channels, kernel area, depthwise]: the
     # weight size at any widths, for the calibration's memory term (empty in older tables)
     weights: dict[str, list] = field(default_factory=dict)
+    # this host's trusted loop readings at the search's picks (edgeprune.landings); not part
+    # of the table's digest
+    landings: "Landings | None" = field(default=None, repr=False, compare=False)
 
     def raw(self, widths: dict[str, int]) -> float:
         """Sum of the per-layer (profiler) times, before calibration to end-to-end."""
         return self.overhead_ms + sum(e.predict(widths) for e in self.layers.values())
 
     def predict(self, widths: dict[str, int]) -> float:
-        """Predicted end-to-end median latency (ms) of the model at ``widths``."""
+        """Predicted end-to-end median latency (ms) of the model at ``widths``, corrected by the
+        landings near ``widths`` when the table has any."""
+        w = self._complete(widths)
+        ms = self.calibrated(w)
+        return ms * self.landings.factor(w) if self.landings else ms
+
+    def calibrated(self, widths: dict[str, int]) -> float:
+        """The profile's own prediction: the calibrated sum of the layers, without landings."""
         w = self._complete(widths)
         mb = self.weight_mb(w) if self.calibration.knee_mb is not None else 0.0
         return self.calibration.total_ms(self.raw(w), w, self.groups, mb)
+
+    def attach_landings(self, landings: "Landings | None" = None) -> "Landings":
+        """Correct predictions with ``landings`` (default: the sidecar file beside the table, or
+        an empty in-memory set for a table never saved)."""
+        from .landings import Landings
+        if landings is None:
+            landings = (Landings.load(self.path, self.groups, self.calibrated, self.digest) if self.path
+                        else Landings(self.groups, self.calibrated, self.digest))
+        self.landings = landings
+        return landings
 
     def weight_mb(self, widths: dict[str, int]) -> float:
         """FP32 weights of the Conv/Linear layers at ``widths``, in MB (10^6 bytes)."""

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock
 
-from .errors import MissingBackend, UsageError, unknown
+from .errors import MACHINE_ERRORS, MissingBackend, UsageError, unknown
 from .onnxio import atomic_write
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
@@ -120,6 +120,8 @@ def _from_factory(spec: str, num_classes: int) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except Exception as e:  # ImportError, AttributeError, or the module's own failure
+        if isinstance(e, MACHINE_ERRORS):
+            raise
         raise UsageError(f"cannot import model factory {spec!r}: {_first_line(e)}") from None
     if not callable(factory):
         raise UsageError(f"model factory {spec!r} is not callable")
@@ -130,7 +132,9 @@ def _from_factory(spec: str, num_classes: int) -> nn.Module:
         takes = False
     try:
         model = factory(num_classes=num_classes) if takes else factory()
-    except Exception as e:
+    except Exception as e:  # the user's factory: whatever it raises is about their model
+        if isinstance(e, MACHINE_ERRORS):
+            raise
         raise UsageError(f"model factory {spec!r} failed: {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"model factory {spec!r} returned {type(model).__name__}, not nn.Module")
@@ -178,6 +182,8 @@ def check_input_size(model: nn.Module, input_size: int, in_channels: int, name: 
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, input_size, input_size, device=_device(model)))
     except Exception as e:
+        if isinstance(e, MACHINE_ERRORS):
+            raise
         raise UsageError(f"model {label} cannot take input size {input_size}: {_first_line(e)}") from None
     finally:
         model.train(was_training)
@@ -211,7 +217,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise UsageError(f"weights file {p} does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors, unsafe globals, truncated files
+    except Exception as e:  # unpickling errors, unsafe globals, truncated files (any type)
+        if isinstance(e, MACHINE_ERRORS):
+            raise
         raise UsageError(f"cannot read weights file {p}: {_first_line(e)}") from None
     state = _extract_state_dict(obj, p)
     _check_state_dict(model, state, p)

@@ -76,6 +76,7 @@ def run_prune(job: PruneJob) -> dict:
         job = replace(job, loop=replace(job.loop, importance=s.cfg.importance))
     with stages("profile"):
         table = s.table()
+        landed = len(table.landings) if table.landings is not None else None
         check_feasible(table, s.search_config(job.search), budget)
     job.out.mkdir(parents=True, exist_ok=True)
     work = tempfile.TemporaryDirectory()
@@ -125,6 +126,7 @@ def run_prune(job: PruneJob) -> dict:
                   accuracy_pruned=steps[-1]["accuracy_pruned"],
                   accuracy_recalibrated=steps[-1]["accuracy_recalibrated"],
                   search=search_summary(result), steps=steps, layer_ms=layer_ms)
+    report["table"]["landings"] = landings_summary(table, landed)
     if device_art:
         report["device_artifact"] = _artifact_dict(device_art)
     report["charts"] = write_charts(report, job.out)
@@ -149,6 +151,8 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
                               [Round(**r) for r in d["rounds"]], d.get("candidates", []))
     planner = make_planner(s, job, current, table, cfg)
     result = fit_budget(current, s.input_shape, table, planner, s.target, step_budget, cfg, job.loop)
+    if table.landings is not None:
+        table.landings.save()  # the next run on this host starts from these readings
     if hasattr(planner, "candidates"):
         result.candidates = [c.to_dict() for c in planner.candidates]
     with atomic_write(saved) as tmp:
@@ -216,10 +220,24 @@ def paired_speedup(target, baseline_onnx: Path, final_onnx: Path) -> dict:
 
 def error_at_picks(rounds: list[dict]) -> dict:
     """The table's error where it matters: at the widths the search picked, measured by the loop
-    (random configurations can look fine while the picks are off, issue 9)."""
-    errs = [r["predicted_ms"] / r["measured_ms"] - 1 for r in rounds if r.get("measured_ms")]
-    return {"n": len(errs), "errors": [round(e, 4) for e in errs],
-            "median_abs": round(statistics.median(abs(e) for e in errs), 4) if errs else None}
+    (random configurations can look fine while the picks are off, issue 9). ``errors`` are those
+    of the predictions the loop used (landings included); ``profile_errors`` those of the
+    profile alone."""
+    def stats(key: str) -> tuple[list[float], float | None]:
+        errs = [r[key] / r["measured_ms"] - 1 for r in rounds if r.get("measured_ms") and r.get(key)]
+        return [round(e, 4) for e in errs], round(statistics.median(abs(e) for e in errs), 4) if errs else None
+    errs, med = stats("predicted_ms")
+    profile, profile_med = stats("calibrated_ms")
+    return {"n": len(errs), "errors": errs, "median_abs": med,
+            "profile_errors": profile, "profile_median_abs": profile_med}
+
+
+def landings_summary(table, before: int | None) -> dict:
+    """How many of this host's loop readings corrected the table, and how many it keeps now."""
+    if table.landings is None:
+        return {"used": False}
+    return {"used": True, "path": str(table.landings.path) if table.landings.path else None,
+            "before": before, "after": len(table.landings)}
 
 
 def search_summary(result: LoopResult) -> dict:

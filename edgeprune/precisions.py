@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .runs import read_run
 from .metrics import Metrics, confusion_matrix, from_confusion
 from .quantize import DEFAULT_SAMPLES, PRESETS, calibration_loader, import_nncf, quantize_ir, quantized_ops, require_nncf
 
@@ -116,26 +118,6 @@ def compare_precisions(job: PrecisionJob) -> dict:
     return result
 
 
-def read_run(run: Path) -> dict:
-    """The run's report.json, checked to hold what rebuilding the pruned model needs."""
-    if not run.is_dir():
-        raise UsageError(f"run directory {run} does not exist")
-    path = run / "report.json"
-    if not path.is_file():
-        raise UsageError(f"{run} is not a prune output directory: it has no report.json")
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    missing = [k for k in ("model", "widths") if not isinstance(report, dict) or k not in report]
-    if missing:
-        raise UsageError(f"{path} lacks {', '.join(missing)}: not a report written by edgeprune prune")
-    for name in ("model.pt", "model.onnx"):
-        if not (run / name).is_file():
-            raise UsageError(f"{run} has no {name}: the prune run did not finish")
-    return report
-
-
 def resolve_target(name: str | None, report: dict) -> str:
     """The target to compare on: ``name``, else the run's own when it is OpenVINO, else
     openvino-cpu; a target of another runtime is refused."""
@@ -146,6 +128,9 @@ def resolve_target(name: str | None, report: dict) -> str:
             name = own if own and load_spec(own).runtime == "openvino" else DEFAULT_TARGET
         except UsageError:
             name = DEFAULT_TARGET
+        if name != own:  # a decision the user should see, not a silent switch
+            print(f"edgeprune: the run was pruned for {own!r}, not an OpenVINO target; comparing precisions "
+                  f"on {name} (pass --target to choose)", file=sys.stderr)
     spec = load_spec(name)
     if spec.runtime != "openvino":
         raise UsageError(f"precisions are compared on an OpenVINO target (NNCF INT8 IR); target "

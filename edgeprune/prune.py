@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch.nn as nn
 
 from .errors import UsageError
@@ -30,6 +31,8 @@ def prune_to_widths(model: nn.Module, input_shape: tuple[int, ...], widths: dict
         if want < 1:
             raise UsageError(f"group {name}: width must be at least 1, got {want}")
         scores = group_scores(imp, group)
+        if scores is None:  # the criterion cannot rank this group (importances() says so)
+            scores = np.ones(have)
         drop = sorted(int(i) for i in scores.argsort()[: have - want])
         dep = group[0].dep
         dg.get_pruning_group(dep.target.module, dep.handler, drop).prune()

@@ -206,6 +206,14 @@ def _table(r: dict) -> list[str]:
         rows.append(("at the search's picks (loop rounds): median |error|",
                      f"{fmt_pct(picks.get('median_abs'))} over {picks['n']} "
                      f"({', '.join(f'{100 * e:+.1f}%' for e in picks.get('errors', []))})"))
+    land = t.get("landings") or {}
+    if land.get("used") and picks.get("profile_median_abs") is not None:
+        rows.append(("the same, profile alone (without this host's landings)",
+                     f"{fmt_pct(picks['profile_median_abs'])} "
+                     f"({', '.join(f'{100 * e:+.1f}%' for e in picks.get('profile_errors', []))})"))
+    if land.get("used"):
+        rows.append(("landings (loop readings correcting the table)",
+                     f"{land.get('before')} before this run, {land.get('after')} kept"))
     return _section("Latency table prediction error", md_table(("", "value"), rows))
 
 

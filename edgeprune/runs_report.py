@@ -2,22 +2,11 @@
 several runs on one accuracy-against-measured-latency plot, one series per objective × target."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .errors import UsageError
 from .onnxio import atomic_write
+from .runs import read_run
 from .report import fmt_ms, fmt_pct, fmt_speedup, md_table, write_charts, write_report
-
-
-def load_run(run: str | Path) -> dict:
-    path = Path(run) / "report.json"
-    if not path.is_file():
-        raise UsageError(f"{run} is not a prune run: {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
 def series_name(r: dict) -> str:
@@ -27,7 +16,7 @@ def series_name(r: dict) -> str:
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     """Refresh every run's report.md and charts; write OUT/pareto.png and OUT/report.md."""
     from .plots import Point, pareto_png
-    reports = [load_run(run) for run in runs]  # all read before anything is written
+    reports = [read_run(run, finished=False) for run in runs]  # all read before anything is written
     out = Path(out)
     series: dict[str, list] = {}
     for run, r in zip(runs, reports):

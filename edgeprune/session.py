@@ -39,6 +39,7 @@ class SessionConfig:
     profiles_dir: str = "profiles"
     allow_table_mismatch: bool = False
     reprofile: bool = False
+    landings: bool = True              # correct the table with the loop's readings kept beside it
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train_threads: int = 1            # 2 threads on a shared 2-core box is erratic (FACTS.md)
     progress: bool = True
@@ -52,7 +53,7 @@ class Session:
         self.model: nn.Module = model
         self.data = data
         self.input_shape: tuple[int, ...] = input_shape
-        self.structure: Structure = structure
+        self._structure: Structure | None = structure
         self.trained = cfg.weights is not None
 
     @classmethod
@@ -75,9 +76,17 @@ class Session:
         if data is not None and data.train.tensors[0].shape[1] != channels:
             data = _match_channels(data, channels)
         shape = (spec.batch, channels, size, size)
-        s = cls(cfg, spec, target, model.eval(), data, shape, analyse(model, shape))
+        s = cls(cfg, spec, target, model.eval(), data, shape, None)
         s.trained = bool(cfg.weights) or is_pretrained(cfg.model) and num_classes == 1000
         return s
+
+    @property
+    def structure(self) -> Structure:
+        """The model's channel groups and layers, analysed on first use: measuring needs no
+        dependency graph, so an architecture Torch-Pruning cannot trace still measures."""
+        if self._structure is None:
+            self._structure = analyse(self.model, self.input_shape)
+        return self._structure
 
     def ensure_trained(self, checkpoint: Path) -> None:
         """Train a baseline first when the model has no trained weights (resumable)."""
@@ -108,6 +117,13 @@ class Session:
 
     def table(self) -> LatencyTable:
         """The stored table when it matches this target and model, else a freshly profiled one."""
+        table = self._stored_table() or build_table(self.model, self.target, self.input_shape, self.table_path,
+                                                    self.cfg.model, self.cfg.profile)
+        if self.cfg.landings:
+            table.attach_landings()
+        return table
+
+    def _stored_table(self) -> LatencyTable | None:
         expect = table_meta(self.target, self.structure, self.cfg.model)
         path = self.table_path
         if path.exists() and not self.cfg.reprofile:
@@ -119,7 +135,7 @@ class Session:
                 print(f"edgeprune: {e}; profiling again", file=sys.stderr)
         if self.cfg.table and not path.exists() and self.cfg.allow_table_mismatch:
             raise UsageError(f"latency table {path} does not exist")
-        return build_table(self.model, self.target, self.input_shape, path, self.cfg.model, self.cfg.profile)
+        return None
 
     def pruned(self, widths: dict[str, int], weights: str | Path | None = None) -> nn.Module:
         """The session's model pruned to ``widths``, with the pruned model's trained ``weights``

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeprune.spec import TargetSpec
+from edgeprune.targets.fake import FakeTarget as _FakeTarget
+from edgeprune.timing import Latency
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,3 +94,17 @@ def run_cli(args, cwd, env_targets: Path | None = None, extra_env: dict | None =
 def cli():
     """The ``run_cli`` helper, as a fixture."""
     return run_cli
+
+
+class SlowerHost(_FakeTarget):
+    """The fake runtime, ``factor`` times slower (or, below 1, faster) than the table it was
+    profiled into: a host where the profile is off at the picks, as ResNet-18's was near the
+    cache cliff."""
+
+    def __init__(self, factor: float):
+        super().__init__(TargetSpec(name="slower", runtime="fake"))
+        self.factor = factor
+
+    def measure(self, onnx_path, timing=None):
+        ms = super().measure(onnx_path, timing).median_ms * self.factor
+        return Latency.from_samples([ms] * 5)

@@ -79,7 +79,7 @@ def test_lifecycle_through_the_real_command_line(work, cli, capsys):
     base = json.loads((cwd / "profiles/fake/baseline-m.json").read_text())
     assert base["fingerprint"]["runtime"] == "fake" and base["artifact"]["model"] == "tiny_resnet"
     frozen = cwd / "profiles/fake" / base["artifact"]["frozen"]
-    assert frozen.name == "baseline-m.onnx" and frozen.read_bytes() == (cwd / "m.onnx").read_bytes()
+    assert frozen.name == "baseline-m.frozen.onnx" and frozen.read_bytes() == (cwd / "m.onnx").read_bytes()
 
     r = cli(["check", "m.onnx", "--json"], cwd, env_targets=targets)  # target from the artifact's metadata
     assert r.returncode == 0, r.stderr
@@ -109,13 +109,13 @@ def test_absolute_comparison_when_asked_or_when_the_frozen_copy_is_gone(work, ca
     code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake", "--absolute", "--json")
     c = json.loads(out)["checks"][0]
     assert code == 1 and c["regression"] and c["comparison"]["method"] == "absolute"
-    (cwd / "profiles/fake/baseline-m.onnx").write_bytes(b"tampered")
+    (cwd / "profiles/fake/baseline-m.frozen.onnx").write_bytes(b"tampered")
     code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake")
     assert code == 1 and "has changed since it was recorded" in out and "drift between the two dates" in out
     assert "method: absolute:" in out
-    (cwd / "profiles/fake/baseline-m.onnx").unlink()
+    (cwd / "profiles/fake/baseline-m.frozen.onnx").unlink()
     code, out, _ = run(capsys, "check", "m.onnx", "--target", "fake")
-    assert code == 1 and "baseline-m.onnx, is missing" in out
+    assert code == 1 and "baseline-m.frozen.onnx, is missing" in out
 
 
 def test_budget_exceeded_names_the_budget_and_its_source(work, capsys):
@@ -308,3 +308,36 @@ def test_reference_bad_input_is_one_line(work, capsys, extra, fragment):
     code, out, err = run(capsys, *args)
     assert code == 2 and out == ""
     one_error_line(err, fragment)
+
+
+def test_two_runs_artifacts_get_two_baselines(work, capsys):
+    """Every prune run writes model.onnx: their baselines are two files, and a baseline is not
+    used for another artifact unless re-recorded."""
+    cwd, _ = work
+    for name, size in (("a", 32), ("b", 64)):
+        export(cwd / "runs" / name / "model.onnx", size=size)
+        assert run(capsys, "check", f"runs/{name}/model.onnx", "--target", "fake", "--update")[0] == 0
+    names = sorted(p.name for p in (cwd / "profiles/fake").glob("baseline-*.json"))
+    assert names == ["baseline-runs_a_model.json", "baseline-runs_b_model.json"]
+    for name in ("a", "b"):  # each passes against its own baseline
+        assert run(capsys, "check", f"runs/{name}/model.onnx", "--target", "fake")[0] == 0
+    code, _, err = run(capsys, "check", "runs/b/model.onnx", "--target", "fake",
+                       "--baseline", "profiles/fake/baseline-runs_a_model.json")
+    assert code == 2
+    one_error_line(err, "was recorded for runs/a/model.onnx, not runs/b/model.onnx", "--update")
+
+
+def test_the_frozen_copy_never_aliases_the_artifact(work, capsys):
+    """--baseline deployed.json beside deployed.onnx: replacing the artifact leaves the frozen copy
+    alone, so a 4x slower replacement is a paired regression, not an absolute comparison."""
+    cwd, _ = work
+    export(cwd / "deployed.onnx")
+    assert run(capsys, "check", "deployed.onnx", "--target", "fake", "--baseline", "deployed.json",
+               "--update")[0] == 0
+    assert (cwd / "deployed.frozen.onnx").read_bytes() == (cwd / "deployed.onnx").read_bytes()
+    export(cwd / "deployed.onnx", size=64)
+    code, out, _ = run(capsys, "check", "deployed.onnx", "--target", "fake", "--baseline", "deployed.json",
+                       "--json")
+    c = json.loads(out)["checks"][0]
+    assert code == 1 and c["regression"] and c["comparison"]["method"] == "paired"
+

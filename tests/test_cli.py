@@ -67,6 +67,20 @@ def test_targets_json_includes_env_targets(cli, work):
     assert rows["fake"]["runtime"] == "fake" and rows["fake"]["path"] == str(targets / "fake.yaml")
 
 
+def test_targets_tell_an_installed_runtime_from_a_present_device(cli, work):
+    """openvino-npu on a machine without an NPU: the runtime is installed, the device is not here."""
+    pytest.importorskip("openvino", reason="OpenVINO not installed")
+    import openvino as ov
+    if any(d.startswith("NPU") for d in ov.Core().available_devices):
+        pytest.skip("this machine has an NPU")
+    r = cli(["targets", "--json"], work[0])
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["openvino-npu"]["installed"] is True and rows["openvino-npu"]["device_present"] is False
+    assert rows["openvino-cpu"]["device_present"] is True and rows["ort-cpu"]["device_present"] is True
+    line = next(l for l in cli(["targets"], work[0]).stdout.splitlines() if l.startswith("openvino-npu"))
+    assert line.split()[-2:] == ["installed", "absent"]
+
+
 def test_measure_model_json(cli, work):
     cwd, _ = work
     r = cli(["measure", "tiny_resnet", "--target", "ort-cpu", "--input-size", "32", "--json"], cwd)
@@ -172,6 +186,8 @@ BAD_INPUT = {
                         ["cannot take input size 16"]),
     "missing dataset": (prune_args("tiny_resnet", "--data", "fashion-mnist", "--data-root", "/nonexistent",
                                    "--budget-ms", "1"), ["/nonexistent", "apt-get install"]),
+    "export from a missing run": (["export", "tiny_resnet", "--run", "nope", "--out", "m.onnx"],
+                                  ["run directory nope does not exist"]),
 }
 
 
@@ -230,3 +246,71 @@ def test_missing_backend_names_the_install_command(monkeypatch, capsys, tmp_path
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ort-cpu"))
     assert "not installed" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_internal_error_has_its_own_exit_code(monkeypatch, capsys):
+    """A bug is neither bad input (2) nor a regression (1): exit 3, one line naming where,
+    and the traceback on request."""
+    from edgeprune import cli
+
+    def crash(_args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "cmd_measure", crash)
+    assert cli.main(["measure", "tiny_resnet"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgeprune: internal error: ZeroDivisionError: division by zero")
+    assert "test_cli.py" in err[0] and "--debug" in err[0]
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "measure", "tiny_resnet"])
+    monkeypatch.setenv("EDGEPRUNE_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["measure", "tiny_resnet"])
+
+
+@pytest.mark.parametrize("error", [MemoryError, TypeError])
+def test_out_of_memory_or_a_bug_while_loading_is_not_bad_input(monkeypatch, capsys, tmp_path, error):
+    """ORT's own errors on a bad file are bad input (2); running out of memory, or a bug of ours,
+    is not (3)."""
+    import onnxruntime as ort
+    from edgeprune import cli
+
+    def fails(*_a, **_k):
+        raise error("boom")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ort, "InferenceSession", fails)
+    assert cli.main(["measure", "tiny_resnet"]) == 3
+    assert f"internal error: {error.__name__}: boom" in capsys.readouterr().err
+
+
+def test_version(cli, tmp_path):
+    from edgeprune import __version__
+    r = cli(["--version"], tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"edgeprune {__version__}"
+
+
+def test_importing_edgeprune_leaves_the_process_environment_alone(tmp_path):
+    """The pytest plugin imports edgeprune in every pytest run where it is installed: it must not
+    change OpenMP's wait policy there; the CLI sets it for its own process."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, edgeprune, edgeprune.pytest_plugin; print(os.environ.get('OMP_WAIT_POLICY'))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "None", r.stderr
+    code = ("import os\nfrom edgeprune import cli\ntry:\n    cli.main(['targets', '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.stdout.strip().splitlines()[-1] == "PASSIVE", r.stderr
+
+
+def test_an_architecture_that_cannot_be_pruned_still_measures(cli, work):
+    """shufflenet_v2's channel shuffle breaks Torch-Pruning's dependency graph: `measure` needs
+    no graph and works; `prune` says in one line that this architecture cannot be pruned."""
+    cwd, targets = work
+    r = cli(["measure", "shufflenet_v2_x0_5", "--target", "fake", "--json"], cwd, env_targets=targets)
+    assert r.returncode == 0 and json.loads(r.stdout)["median_ms"] > 0, r.stderr
+    r = cli(prune_args("shufflenet_v2_x0_5", "--target", "fake", "--budget-ms", "1"), cwd, env_targets=targets)
+    assert_usage_error(r, "cannot find the channel groups of this ShuffleNetV2", "measure")
+    assert listing(cwd) == []

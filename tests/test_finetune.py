@@ -121,6 +121,17 @@ def test_checkpoint_resume_continues_from_the_next_epoch(digits, tmp_path):
     assert torch.load(ckpt, weights_only=True)["key"] == "other"
 
 
+def test_a_checkpoint_not_resumed_is_said_so(digits, tmp_path, capsys):
+    """An unreadable or foreign checkpoint is not silently thrown away: one line says why."""
+    ckpt = tmp_path / "ck.pt"
+    ckpt.write_bytes(b"truncated")
+    r = train(build_model("tiny_resnet"), digits, FinetuneConfig(epochs=1, **FAST), checkpoint=ckpt, key="k")
+    assert r.resumed_from == 0
+    assert f"not resuming from {ckpt}: it is unreadable" in capsys.readouterr().err
+    train(build_model("tiny_resnet"), digits, FinetuneConfig(epochs=1, **FAST), checkpoint=ckpt, key="other")
+    assert "it belongs to another job" in capsys.readouterr().err
+
+
 def test_interrupted_run_resumes_to_the_same_weights(digits, tmp_path, monkeypatch):
     cfg = FinetuneConfig(epochs=2, **FAST)
     torch.manual_seed(1)

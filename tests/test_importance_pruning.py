@@ -27,3 +27,18 @@ def test_prune_keeps_the_channels_of_the_chosen_criterion(tmp_path, fake_target_
     assert report["speedup_method"] == "paired" and report["speedup_ci"][0] <= report["speedup"]
     assert report["search"]["objective"] == "adaptive-bn" and report["search"]["candidates"] > 2
     assert 0 <= report["accuracy_pruned"] <= 1 and 0 <= report["accuracy_recalibrated"] <= 1
+
+
+def test_a_group_the_criterion_cannot_score_is_named(capsys):
+    """bn_scale on a network without BatchNorm: every group counts its channels equally, and
+    stderr says so instead of the search silently treating them as uniform."""
+    import torch.nn as nn
+    from edgeprune.importance import importances
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    scores = importances(net, (1, 3, 16, 16), "bn_scale")
+    assert scores and all((s == 1).all() for s in scores.values())
+    err = capsys.readouterr().err
+    assert "importance 'bn_scale' cannot score" in err and "count equally" in err
+    importances(net, (1, 3, 16, 16), "l1")
+    assert capsys.readouterr().err == ""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import INPUT_SHAPE
+from conftest import INPUT_SHAPE, SlowerHost
 from edgeprune.errors import BudgetNotMet, InfeasibleBudget
 from edgeprune.importance import importances
 from edgeprune.loop import LoopConfig, bounded, fit_budget, gradual_budgets
@@ -145,3 +145,19 @@ def test_a_model_inside_the_budget_but_not_the_margin_is_kept(tiny_model, tiny_t
     r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig())
     assert r.latency.median_ms == pytest.approx(0.99 * budget)
     assert r.rounds and all(x.measured_ms <= budget for x in r.rounds)
+
+
+def test_a_table_that_over_predicts_does_not_leave_the_model_over_pruned(tiny_model, tiny_table, scores):
+    """The host runs the picks 30% faster than the table says (confirmed by a second reading):
+    the first fit is far under the aim, so the loop grows the model instead of keeping it."""
+    host = SlowerHost(0.7)
+    budget = 0.6 * tiny_table.predict({})
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, host, budget, SearchConfig())
+    first = r.rounds[0]
+    assert first.remeasured and first.measured_ms < 0.8 * first.predicted_ms
+    assert len(r.rounds) >= 2 and r.rounds[1].search_budget_ms > first.search_budget_ms
+    assert first.measured_ms < r.latency.median_ms <= budget
+    # the same reading taken once (confirm=0) is not enough to grow on: one round, as before
+    once = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, SlowerHost(0.7), budget, SearchConfig(),
+                      LoopConfig(confirm=0))
+    assert len(once.rounds) == 1

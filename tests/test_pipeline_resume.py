@@ -58,3 +58,32 @@ def test_gradual_pruning_steps_down_to_the_budget(tmp_path, fake_target_file):
     assert budget < first["search_budget_ms"] and last["measured_ms"] <= budget < first["measured_ms"]
     assert [h["step"] for h in report["finetune"]["history"]] == [1, 2]  # one epoch after each step
     assert report["within_budget"]
+
+
+def test_the_loops_readings_are_kept_beside_the_table(tmp_path, fake_target_file):
+    """Every round's reading is kept as a landing for the next run, and the report says so;
+    --no-landings neither reads nor writes them."""
+    budget = 0.7 * api.measure("tiny_resnet", str(fake_target_file), SIZE).median_ms
+    report = run(tmp_path, fake_target_file, budget)
+    landings = report["table"]["landings"]
+    sidecar = tmp_path / "profiles" / "fake" / "tiny_resnet-16px.landings.json"
+    assert landings["used"] and landings["path"] == str(sidecar)
+    assert landings["before"] == 0 and landings["after"] == len(report["rounds"])
+    assert len(json.loads(sidecar.read_text())["landings"]) == len(report["rounds"])
+    assert report["table"]["error_at_picks"]["profile_median_abs"] is not None
+    assert "landings" in (tmp_path / "out" / "report.md").read_text()
+    # export --run rebuilds the run's model at the run's input size (not the default 32 px)
+    from edgeprune import cli
+    exported = tmp_path / "again.onnx"
+    assert cli.main(["export", "tiny_resnet", "--run", str(tmp_path / "out"), "--target", str(fake_target_file),
+                     "--out", str(exported)]) == 0
+    import onnx
+    dims = onnx.load(str(exported)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][2:] == [SIZE, SIZE]
+    assert cli.main(["export", "resnet18", "--run", str(tmp_path / "out"), "--target", str(fake_target_file),
+                     "--out", str(tmp_path / "other.onnx")]) == 2
+    sidecar.unlink()
+    report = api.prune("tiny_resnet", tmp_path / "out2", budget, str(fake_target_file), data="digits", epochs=0,
+                       input_size=SIZE, baseline_epochs=1, progress=False, landings=False,
+                       profiles_dir=str(tmp_path / "profiles"))
+    assert report["table"]["landings"] == {"used": False} and not sidecar.exists()

@@ -150,3 +150,11 @@ def test_bad_input_exits_2_and_writes_nothing(quantized, tmp_path, capsys, case)
     assert err.startswith("edgeprune: error:") and len(err.splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == before
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_target_chosen_for_a_non_openvino_run_is_said(capsys):
+    from edgeprune.precisions import resolve_target
+    assert resolve_target(None, {"target": "ort-cpu"}) == "openvino-cpu"
+    assert "pruned for 'ort-cpu', not an OpenVINO target; comparing precisions on openvino-cpu" in capsys.readouterr().err
+    assert resolve_target(None, {"target": "openvino-cpu"}) == "openvino-cpu"
+    assert capsys.readouterr().err == ""

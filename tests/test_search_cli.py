@@ -54,3 +54,20 @@ def test_out_of_range_search_sizes_are_refused(tmp_path, cli, fake_target_file, 
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and flag.lstrip("-") in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_search_without_a_budget_says_where_one_comes_from(tmp_path, cli, fake_target_file):
+    r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE,
+             "--profiles-dir", tmp_path / "p"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "no --budget-ms given" in r.stderr
+
+
+def test_prune_json_prints_the_report(tmp_path, cli, fake_target_file):
+    r = cli(["prune", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--budget-ms", "0.15",
+             "--objective", "importance", "--epochs", "0", "--baseline-epochs", "1", "--calibrate", "6",
+             "--levels", "3", "--out", tmp_path / "out", "--profiles-dir", tmp_path / "p", "--json"], cwd=tmp_path)
+    assert r.returncode in (0, 1), r.stderr
+    report = json.loads(r.stdout)
+    assert report == json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (r.returncode == 0) == report["within_budget"]

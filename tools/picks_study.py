@@ -26,6 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from edgeprune.cpus import passive_openmp  # noqa: E402
+
+passive_openmp()  # before torch loads
+
 
 def build(args) -> tuple[list[dict], list[Path], object]:
     from side_by_side import open_session

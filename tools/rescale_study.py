@@ -17,6 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from edgeprune.cpus import passive_openmp  # noqa: E402
+
+passive_openmp()  # before torch loads
+
 
 def main() -> int:
     import torch

@@ -25,7 +25,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from edgeprune.onnxio import atomic_write
+from edgeprune.cpus import passive_openmp
+
+passive_openmp()  # before torch loads
+
+from edgeprune.onnxio import atomic_write  # noqa: E402
 
 METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs")
 FIRST = ("edgeprune", "uniform-tp")  # fine-tuned first: the comparison the issue turns on

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.cpus import passive_openmp  # noqa: E402
+
+passive_openmp()  # before torch loads
+
 
 def collect(args) -> None:
     import torch

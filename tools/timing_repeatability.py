@@ -11,8 +11,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import edgeprune  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
-import numpy as np  # noqa: I001
+from edgeprune.cpus import passive_openmp
+
+passive_openmp()  # before torch loads
+
+import numpy as np  # noqa: E402
 import torch
 
 from edgeprune.groups import analyse

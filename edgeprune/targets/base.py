@@ -54,6 +54,12 @@ class Target(ABC):
         import importlib.util
         return importlib.util.find_spec(cls.package) is not None
 
+    @classmethod
+    def device_present(cls, spec: TargetSpec) -> bool | None:
+        """Whether the spec's device is present here (None: cannot tell, the runtime is not
+        installed). The host CPU always is; runtimes for other devices ask their runtime."""
+        return True if cls.installed() else None
+
     @abstractmethod
     def runtime_version(self) -> str: ...
 

@@ -59,6 +59,17 @@ class OpenVinoTarget(Target):
         self._core, self._configured = ov.Core(), False
         self.check_device()
 
+    @classmethod
+    def device_present(cls, spec) -> bool | None:
+        """Whether OpenVINO sees every real device of ``spec`` (an NPU target on a machine
+        without an NPU: runtime installed, device absent)."""
+        if not cls.installed():
+            return None
+        import openvino as ov
+        available = list(ov.Core().available_devices)
+        wanted = physical_devices(spec.device.strip().upper())
+        return all(device_available(d, available) for d in wanted) if wanted else bool(available)
+
     # --- the device ---------------------------------------------------------------------------
 
     @property

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError, unknown
+from ..errors import UsageError, is_bad_input, unknown
 from ..cpus import pinned
 from .base import Compiled, NodeTime, Target, example_input
 
@@ -109,6 +109,8 @@ class OrtTarget(Target):
                 return ort.InferenceSession(str(path), self._options(profile_prefix), providers=[provider],
                                             disabled_optimizers=disabled)
         except Exception as e:  # ORT raises its own exception types for bad files
+            if not is_bad_input(e, "onnxruntime"):
+                raise  # out of memory, or a bug: not the user's file
             raise UsageError(f"onnxruntime cannot load {onnx_path}: {str(e).splitlines()[0]}") from None
 
     def compile(self, onnx_path) -> OrtCompiled:
