@@ -1,4 +1,4 @@
-"""TargetSpec: the typed, validated contents of ``targets/NAME.yaml``.
+"""TargetSpec: the typed, validated contents of a target file ``NAME.yaml``.
 
 Unknown keys and wrong types are rejected naming the file and the key, so a typo in a
 budget file fails loudly instead of silently measuring the wrong thing.
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import UsageError, suggest, unknown
 
 TARGETS_ENV = "EDGEPRUNE_TARGETS"
+BUILTIN_TARGETS = Path(__file__).resolve().parent / "targets" / "builtin"  # package data
 
 
 class TimingSpec(BaseModel):
@@ -51,12 +52,14 @@ class TargetSpec(BaseModel):
 
 
 def targets_dirs() -> list[Path]:
-    """Where target files are looked up: $EDGEPRUNE_TARGETS, ./targets, then the repo's."""
+    """Where target files are looked up: $EDGEPRUNE_TARGETS (a team's board files), ./targets
+    (a project's own), then the built-in ones shipped inside the package (found from any
+    directory, in a wheel as in a checkout)."""
     dirs = []
     if os.environ.get(TARGETS_ENV):
         dirs.append(Path(os.environ[TARGETS_ENV]))
     dirs.append(Path.cwd() / "targets")
-    dirs.append(Path(__file__).resolve().parent.parent / "targets")
+    dirs.append(BUILTIN_TARGETS)
     seen, out = set(), []
     for d in dirs:
         if d.resolve() not in seen and d.is_dir():

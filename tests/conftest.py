@@ -21,7 +21,7 @@ from edgeprune.timing import Latency
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS_DIR = REPO / "targets"
+TARGETS_DIR = REPO / "edgeprune" / "targets" / "builtin"
 INPUT_SHAPE = (1, 3, 32, 32)
 FAKE_YAML = "name: fake\nruntime: fake\n"
 TINY_PROFILE = dict(levels=3, runs=2, validate=3, calibrate=6, progress=False)

@@ -83,9 +83,15 @@ def test_missing_baseline_file(tmp_path):
         Baseline.load(tmp_path / "nope.json")
 
 
-def test_default_path_per_artifact_and_target():
-    assert str(default_path("ort-cpu", "runs/r18/model.onnx")) == "profiles/ort-cpu/baseline-model.json"
-    assert str(default_path("boards/pi5.yaml", "a/b.onnx", "p")) == "p/pi5/baseline-b.json"
+def test_default_path_per_artifact_and_target(tmp_path, monkeypatch):
+    """Named after the artifact's path (relative to the working directory), so two runs'
+    model.onnx get two baselines."""
+    monkeypatch.chdir(tmp_path)
+    assert str(default_path("ort-cpu", "runs/r18/model.onnx")) == "profiles/ort-cpu/baseline-runs_r18_model.json"
+    assert str(default_path("ort-cpu", "model.onnx")) == "profiles/ort-cpu/baseline-model.json"
+    assert str(default_path("boards/pi5.yaml", "a/b.onnx", "p")) == "p/pi5/baseline-a_b.json"
+    outside = tmp_path.parent / "elsewhere" / "m.onnx"
+    assert default_path("ort-cpu", outside).name.endswith("elsewhere_m.json")
 
 
 # --- deploy file -------------------------------------------------------------------------------

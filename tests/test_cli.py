@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import write_fake_target
+from edgeprune.spec import BUILTIN_TARGETS
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_targets_json_includes_env_targets(cli, work):
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["ort-cpu"]["installed"] is True
     assert rows["ort-cpu"]["runtime"] == "onnxruntime"
-    on_disk = yaml.safe_load((Path(__file__).parent.parent / "targets" / "ort-cpu.yaml").read_text())["budgets_ms"]
+    on_disk = yaml.safe_load((BUILTIN_TARGETS / "ort-cpu.yaml").read_text())["budgets_ms"]
     assert rows["ort-cpu"]["budgets_ms"] == on_disk
     assert rows["fake"]["runtime"] == "fake" and rows["fake"]["path"] == str(targets / "fake.yaml")
 

@@ -1,14 +1,14 @@
 """Target files: loading, validation errors that name the file and key, lookup by name or path."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import pytest
 import yaml
 
-from conftest import TARGETS_DIR
+from conftest import REPO, TARGETS_DIR
 from edgeprune.errors import UsageError
-from edgeprune.spec import TargetSpec, TimingSpec, load_spec, resolve_target_path, target_files
+from edgeprune.spec import BUILTIN_TARGETS, TargetSpec, TimingSpec, load_spec, resolve_target_path, target_files
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_env_directory_is_searched_first(monkeypatch, fake_target_file, tmp_path
     monkeypatch.chdir(tmp_path)
     files = target_files()
     assert files["fake"] == fake_target_file
-    assert "ort-cpu" in files  # the repository's targets/ is still found
+    assert "ort-cpu" in files  # the built-in targets are still found
     assert load_spec("fake").runtime == "fake"
 
 
@@ -137,7 +137,7 @@ def test_budgets_ms_lookup(write):
     assert spec.budget_for("resnet18") == 1.5
     assert spec.budget_for("tiny_resnet") == 0.2
     assert spec.budget_for("mobilenet_v2") is None
-    on_disk = yaml.safe_load((Path(__file__).parent.parent / "targets" / "ort-cpu.yaml").read_text())
+    on_disk = yaml.safe_load((BUILTIN_TARGETS / "ort-cpu.yaml").read_text())
     assert load_spec("ort-cpu").budget_for("resnet18") == pytest.approx(on_disk["budgets_ms"]["resnet18"])
 
 
@@ -145,3 +145,25 @@ def test_spec_defaults():
     spec = TargetSpec(name="x", runtime="fake")
     assert (spec.device, spec.threads, spec.batch, spec.precision) == ("cpu", 1, 1, "fp32")
     assert spec.budgets_ms == {} and spec.options == {}
+
+
+def test_a_wheel_install_finds_the_built_in_targets_from_any_directory(tmp_path):
+    """`pip install .` (not editable), run from an unrelated directory: the built-in targets are
+    package data, not files of the source tree."""
+    import subprocess
+    import sys
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(site), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import edgeprune.spec as s; f = s.target_files(); "
+            "print(s.__file__); print(sorted(f)); print(s.load_spec('ort-cpu').runtime)")
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEPRUNE_TARGETS", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    where, names, runtime = r.stdout.strip().splitlines()
+    assert where.startswith(str(site)) and runtime == "onnxruntime"
+    assert all(f"'{n}'" in names for n in ("ort-cpu", "ort-mobile", "openvino-cpu"))
