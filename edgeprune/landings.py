@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,10 +91,6 @@ class Landings:
         k = np.exp(-d2 / BANDWIDTH ** 2)
         return float(math.exp(float(k @ self._r) / (PRIOR + float(k.sum()))))
 
-    def residuals(self) -> list[float]:
-        """measured / calibrated − 1 at each landing (the table's error where budgets landed)."""
-        return [round(math.expm1(r), 4) for r in self._r]
-
     # --- the sidecar file -----------------------------------------------------------------------
 
     @staticmethod
@@ -115,7 +112,6 @@ class Landings:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            import sys
             print(f"edgeprune: ignoring unreadable landings {path}: {e}", file=sys.stderr)
         return cls(groups, base, digest, path, items)
 

@@ -150,9 +150,11 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
             return LoopResult(model, SearchResult.from_dict(d["search"]), Latency.from_samples(d["samples_ms"]),
                               [Round(**r) for r in d["rounds"]], d.get("candidates", []))
     planner = make_planner(s, job, current, table, cfg)
-    result = fit_budget(current, s.input_shape, table, planner, s.target, step_budget, cfg, job.loop)
-    if table.landings is not None:
-        table.landings.save()  # the next run on this host starts from these readings
+    try:
+        result = fit_budget(current, s.input_shape, table, planner, s.target, step_budget, cfg, job.loop)
+    finally:  # a budget not met measured the table too: the next run on this host starts from it
+        if table.landings is not None:
+            table.landings.save()
     if hasattr(planner, "candidates"):
         result.candidates = [c.to_dict() for c in planner.candidates]
     with atomic_write(saved) as tmp:

@@ -77,3 +77,15 @@ def test_the_next_run_lands_where_this_one_measured(tiny_model, table):
     assert len(second.rounds) == 1 and second.latency.median_ms <= budget
     assert abs(pick.predicted_ms / pick.measured_ms - 1) < 0.05
     assert abs(pick.calibrated_ms / pick.measured_ms - 1) > 0.15  # the profile alone is still 25% off
+
+
+def test_a_budget_not_met_still_teaches_the_table(tiny_model, table):
+    """Readings of a loop that gave up are kept too (the pipeline saves them in a finally)."""
+    from edgeprune.errors import BudgetNotMet
+    from edgeprune.loop import LoopConfig
+    scores = importances(tiny_model, INPUT_SHAPE)
+    host = SlowerHost(1.6)
+    with pytest.raises(BudgetNotMet):
+        fit_budget(tiny_model, INPUT_SHAPE, table, scores, host, 0.9 * table.predict({}) * 0.5, SearchConfig(),
+                   LoopConfig(max_rounds=2))
+    assert len(table.landings) >= 1

@@ -11,6 +11,7 @@ built, with one line naming the devices it does see, before any model is loaded.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections import defaultdict
@@ -65,8 +66,7 @@ class OpenVinoTarget(Target):
         without an NPU: runtime installed, device absent)."""
         if not cls.installed():
             return None
-        import openvino as ov
-        available = list(ov.Core().available_devices)
+        available = _available_devices()
         wanted = physical_devices(spec.device.strip().upper())
         return all(device_available(d, available) for d in wanted) if wanted else bool(available)
 
@@ -171,6 +171,14 @@ class OpenVinoTarget(Target):
 
 
 # --- pure functions (tested without OpenVINO) -----------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _available_devices() -> tuple[str, ...]:
+    """The devices OpenVINO sees, asked once per process (a Core per target file made
+    `edgeprune targets` create four)."""
+    import openvino as ov
+    return tuple(ov.Core().available_devices)
+
 
 def physical_devices(device: str) -> list[str]:
     """The real devices named by an OpenVINO device string: ``GPU.1`` -> [GPU.1];
