@@ -3,19 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
-from .lut import LatencyTable
-from .pipeline import PruneJob, run_prune
-from .search import SearchConfig, SearchResult, search as _search
-from .session import Session, SessionConfig
-from .spec import load_spec, target_files
-from .timing import Latency
+from edgeprune.errors import UsageError
+from edgeprune.latency.table import LatencyTable
+from edgeprune.pipeline import PruneJob, run_prune
+from edgeprune.runtime.spec import load_spec, target_files
+from edgeprune.runtime.timing import Latency
+from edgeprune.search.knapsack import SearchConfig, SearchResult
+from edgeprune.search.knapsack import search as _search
+from edgeprune.session import Session, SessionConfig
 
 
 def targets() -> list[dict]:
     """Every target file found, with whether its runtime is installed here and, separately,
     whether its device is present (``None``: unknown without the runtime)."""
-    from .targets import target_class
+    from edgeprune.runtime import target_class
     rows = []
     for name, path in sorted(target_files().items()):
         try:
@@ -33,15 +34,15 @@ def targets() -> list[dict]:
 def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None = None,
             weights: str | None = None) -> Latency:
     """End-to-end latency of a model name/factory or an ONNX file on ``target``."""
-    from .targets import get_target
+    from edgeprune.runtime import get_target
     if model_or_onnx.endswith((".onnx", ".ort", ".xml")):  # a file: ONNX, ORT format, OpenVINO IR
-        from .export import check_onnx
+        from edgeprune.artifacts.export import check_onnx
         if model_or_onnx.endswith(".onnx"):
             check_onnx(model_or_onnx)
         elif not Path(model_or_onnx).is_file():
             raise UsageError(f"{model_or_onnx} does not exist")
         return get_target(target).measure(model_or_onnx)
-    from .loop import measure_model
+    from edgeprune.search.loop import measure_model
     s = Session.open(SessionConfig(model=model_or_onnx, target=target, input_size=input_size, weights=weights))
     return measure_model(s.model, s.input_shape, s.target)
 
@@ -59,11 +60,11 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     the model; profiles first if no table exists). ``objective``: ``adaptive-bn`` (the default
     when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
     ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
-    from .pipeline import OBJECTIVES, resolve_budget
+    from edgeprune.pipeline import OBJECTIVES, resolve_budget
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
     objective = objective or ("adaptive-bn" if s.data is not None else "importance")
     if objective not in OBJECTIVES:
-        from .errors import unknown
+        from edgeprune.errors import unknown
         raise unknown("search objective", objective, OBJECTIVES)
     if objective == "adaptive-bn" and s.data is None:
         raise UsageError("the adaptive-bn objective scores candidates on data: pass --data (or --objective importance)")
@@ -74,7 +75,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     cfg, table = s.search_config(config or SearchConfig()), s.table()
     if objective == "importance":
         return _search(table, s.scores(), budget_ms, cfg)
-    from .accuracy_search import AbnConfig, AdaptiveBN, ShapePlanner
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
     scorer = AdaptiveBN(s.model, s.input_shape, s.data, s.cfg.importance, abn or AbnConfig())
     return ShapePlanner(table, scorer, cfg, s.scores())(budget_ms)
 
@@ -87,7 +88,7 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
     widths by validation accuracy after BN re-estimation (``accuracy_search.AbnConfig`` in
     ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond."""
-    from .accuracy_search import AbnConfig
+    from edgeprune.search.accuracy import AbnConfig
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig())
     return run_prune(job)
@@ -96,7 +97,7 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
 def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | None = None,
            weights: str | None = None, target: str = "ort-cpu", widths: dict[str, int] | None = None):
     """Export a model (optionally pruned to ``widths`` with ``weights`` of the pruned model)."""
-    from .export import export_artifact, resolve_kind
+    from edgeprune.artifacts.export import export_artifact, resolve_kind
     resolve_kind(kind)
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size,
                                    weights=None if widths else weights))
@@ -111,7 +112,7 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
     IRs of a prune run's model: latency on the OpenVINO ``target`` measured interleaved,
     accuracy/F1 on the test set, file size. Writes ``run``/model-int8.xml, precisions.json and
     precisions.md; returns precisions.json's content."""
-    from .precisions import PrecisionJob, compare_precisions
+    from edgeprune.artifacts.precisions import PrecisionJob, compare_precisions
     return compare_precisions(PrecisionJob(Path(run), target, data, data_root, calibration_samples,
                                            test_samples, preset, seed))
 
@@ -126,8 +127,8 @@ def check(artifact: str | None = None, target: str | None = None, baseline: str 
     ``absolute`` compares with the baseline's recorded numbers instead. Returns one
     ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
     A single check's bad input raises UsageError; in a deploy file it becomes that check's error."""
-    from .check import DEFAULT_TOLERANCE, CheckResult, run_check
-    from .errors import EdgepruneError
+    from edgeprune.checks.check import DEFAULT_TOLERANCE, CheckResult, run_check
+    from edgeprune.errors import EdgepruneError
     if (artifact is None) == (deploy is None):
         raise UsageError("give either an artifact or a deploy file (--all), not both or neither")
     if deploy is None:
@@ -137,7 +138,7 @@ def check(artifact: str | None = None, target: str | None = None, baseline: str 
         raise UsageError("--reference compares one artifact with another; it does not combine with --all")
     if target or baseline or budget_ms is not None:
         raise UsageError("--target, --baseline and --budget-ms belong in the deploy file's checks, not with --all")
-    from .deploy import load_deploy
+    from edgeprune.checks.deploy import load_deploy
     results = []
     for c in load_deploy(deploy):
         tol = c.tolerance if c.tolerance is not None else tolerance

@@ -8,9 +8,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
-from .cpus import passive_openmp
-from .errors import INTERNAL_ERROR, EdgepruneError, UsageError
+from edgeprune import __version__
+from edgeprune.errors import INTERNAL_ERROR, EdgepruneError, UsageError
+from edgeprune.runtime.cpus import passive_openmp
 
 DEFAULT_TARGET = "ort-cpu"
 
@@ -43,13 +43,13 @@ def _session_kwargs(a) -> dict:
     keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance", "landings")
     kw = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
     if getattr(a, "levels", None) is not None:
-        from .profile import ProfileConfig
+        from edgeprune.latency.profile import ProfileConfig
         kw["profile"] = ProfileConfig(levels=a.levels, runs=a.runs, validate=a.validate, calibrate=a.calibrate)
     return kw
 
 
 def cmd_targets(a) -> int:
-    from .api import targets
+    from edgeprune.api import targets
     rows = targets()
     if a.json:
         print(json.dumps(rows, indent=2))
@@ -66,7 +66,7 @@ def cmd_targets(a) -> int:
 
 
 def cmd_measure(a) -> int:
-    from .api import measure
+    from edgeprune.api import measure
     lat = measure(a.model, a.target, a.input_size, a.weights)
     if a.json:
         print(json.dumps({"target": a.target, **lat.to_dict()}))
@@ -76,7 +76,7 @@ def cmd_measure(a) -> int:
 
 
 def cmd_profile(a) -> int:
-    from .api import profile
+    from edgeprune.api import profile
     kw = _session_kwargs(a)
     kw.pop("table", None)
     t = profile(a.model, a.target, out=a.out, **{k: v for k, v in kw.items() if k != "input_size"},
@@ -92,13 +92,13 @@ def cmd_profile(a) -> int:
 
 
 def _search_config(a):
-    from .search import SearchConfig
+    from edgeprune.search.knapsack import SearchConfig
     return SearchConfig(min_ratio=a.min_ratio, min_width=a.min_width, round_to=a.round_to,
                         protect=list(a.protect or []))
 
 
 def cmd_search(a) -> int:
-    from .api import search
+    from edgeprune.api import search
     data = dict(data=a.data, data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples) if a.data else {}
     r = search(a.model, a.budget_ms, a.target, config=_search_config(a), objective=a.objective,
                abn=_abn_config(a), **data, **_session_kwargs(a))
@@ -114,8 +114,8 @@ def cmd_search(a) -> int:
 
 
 def cmd_prune(a) -> int:
-    from .api import prune
-    from .report import print_summary
+    from edgeprune.api import prune
+    from edgeprune.reports.report import print_summary
     out = Path(a.out)
     report = prune(a.model, out, a.budget_ms, a.target, data=a.data, epochs=a.epochs,
                    finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
@@ -131,13 +131,13 @@ def cmd_prune(a) -> int:
 
 
 def _abn_config(a):
-    from .accuracy_search import AbnConfig
+    from edgeprune.search.accuracy import AbnConfig
     return AbnConfig(samples=a.candidates, refine=a.refine, seed=a.search_seed)
 
 
 def cmd_export(a) -> int:
-    from .api import export
-    from .runs import read_run
+    from edgeprune.api import export
+    from edgeprune.runs import read_run
     widths, input_size, target = None, a.input_size, a.target
     if a.run:  # the run's own model, input size and target, unless given
         report = read_run(a.run)
@@ -157,8 +157,8 @@ def cmd_export(a) -> int:
 
 
 def cmd_quantize(a) -> int:
-    from .api import quantize
-    from .precisions import render_markdown
+    from edgeprune.api import quantize
+    from edgeprune.artifacts.precisions import render_markdown
     r = quantize(a.run, a.target, a.data, a.data_root, a.calibration_samples, a.test_samples, a.preset, a.seed)
     if a.json:
         print(json.dumps(r, indent=2))
@@ -170,7 +170,7 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .runs_report import compare_runs
+    from edgeprune.reports.runs_report import compare_runs
     out = a.out or (a.runs[0] if len(a.runs) == 1 else "report")
     path = compare_runs(a.runs, out)
     if a.json:
@@ -181,14 +181,14 @@ def cmd_report(a) -> int:
 
 
 def cmd_check(a) -> int:
-    from .api import check
-    from .check import exit_code
-    from .check_report import junit_cases, render, to_json
+    from edgeprune.api import check
+    from edgeprune.checks.check import exit_code
+    from edgeprune.checks.check_report import junit_cases, render, to_json
     results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
                     a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference,
                     absolute=a.absolute)
     if a.junit:
-        from .junit import write
+        from edgeprune.checks.junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")
     print(json.dumps(to_json(results), indent=2) if a.json else render(results))
     return exit_code(results)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-
 INTERNAL_ERROR = 3  # exit code of an unexpected exception: CI can tell a crash from a regression (1)
 
 

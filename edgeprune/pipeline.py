@@ -14,14 +14,22 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import UsageError
-from .accuracy_search import AbnConfig
-from .loop import LoopConfig, LoopResult, Round, bounded, check_feasible, fit_budget, gradual_budgets
-from .onnxio import atomic_write, export_onnx
-from .search import SearchConfig, SearchResult
-from .timing import Latency
-from .session import Session, SessionConfig
+from edgeprune import __version__
+from edgeprune.artifacts.onnxio import atomic_write, export_onnx
+from edgeprune.errors import UsageError
+from edgeprune.runtime.timing import Latency
+from edgeprune.search.accuracy import AbnConfig
+from edgeprune.search.knapsack import SearchConfig, SearchResult
+from edgeprune.search.loop import (
+    LoopConfig,
+    LoopResult,
+    Round,
+    bounded,
+    check_feasible,
+    fit_budget,
+    gradual_budgets,
+)
+from edgeprune.session import Session, SessionConfig
 
 
 @dataclass
@@ -58,16 +66,16 @@ class Stages:
 
 def run_prune(job: PruneJob) -> dict:
     """Run the whole job; returns the report (also written to ``job.out``)."""
-    from .export import export_artifact
-    from .finetune import finetune_pruned
-    from .metrics import evaluate
-    from .models import model_stats, save_weights
-    from .profile import layer_breakdown
-    from .report import write_charts, write_report
+    from edgeprune.artifacts.export import export_artifact
+    from edgeprune.latency.profile import layer_breakdown
+    from edgeprune.reports.report import write_charts, write_report
+    from edgeprune.training.finetune import finetune_pruned
+    from edgeprune.training.metrics import evaluate
+    from edgeprune.training.models import model_stats, save_weights
 
     stages = Stages()
     if job.objective not in OBJECTIVES:
-        from .errors import unknown
+        from edgeprune.errors import unknown
         raise unknown("search objective", job.objective, OBJECTIVES)
     with stages("setup"):
         s = Session.open(job.session)
@@ -139,7 +147,7 @@ def run_prune(job: PruneJob) -> dict:
 def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchConfig, k: int) -> LoopResult:
     """The closed loop for step ``k``, or its saved outcome when an interrupted job is re-run
     (so the re-run prunes to the same widths and its fine-tune checkpoint still applies)."""
-    from .prune import prune_to_widths
+    from edgeprune.pruning.prune import prune_to_widths
     saved = job.out / f"step{k}.json"
     key = _key(step_budget, table.digest, asdict(cfg), s.widths(current), job.loop.importance, job.objective,
                asdict(job.abn) if job.objective == "adaptive-bn" else None)
@@ -171,7 +179,7 @@ def make_planner(s, job: PruneJob, model, table, cfg: SearchConfig):
     scores = s.scores(model)
     if job.objective == "importance" or s.data is None:
         return scores
-    from .accuracy_search import AdaptiveBN, ShapePlanner
+    from edgeprune.search.accuracy import AdaptiveBN, ShapePlanner
     return ShapePlanner(table, AdaptiveBN(model, s.input_shape, s.data, job.loop.importance, job.abn), cfg, scores)
 
 
@@ -215,7 +223,7 @@ def paired_speedup(target, baseline_onnx: Path, final_onnx: Path) -> dict:
     statistic ``check`` uses). Each model's own least-disturbed window, taken separately,
     inflated the speed-up under load (6.25× reported for models that measured 3.0–3.5×
     interleaved, issue 9)."""
-    from .baselines import paired_ratio
+    from edgeprune.pruning.baselines import paired_ratio
     ratio, ci = paired_ratio(target, final_onnx, baseline_onnx)
     return {"ratio": ratio, "ci": list(ci), "method": "paired"}
 
@@ -290,7 +298,7 @@ def build_report(s, job, budget, baseline, same_run, final, result, rounds, tabl
 def device_artifact(s, model, out: Path, meta: dict):
     """The target's own deployable format (ORT format, OpenVINO IR) beside model.onnx, validated
     like it; None when the target deploys the ONNX file itself."""
-    from .export import KINDS, export_artifact
+    from edgeprune.artifacts.export import KINDS, export_artifact
     kind = s.target.artifact_kind()
     if kind == "onnx":
         return None

@@ -28,10 +28,10 @@ def assert_latency(model_or_onnx, target: str | None = None, budget_ms: float | 
     """Measure ``model_or_onnx`` (an ONNX/.ort file, a model name edgeprune knows, or an
     ``nn.Module``) on ``target`` and raise AssertionError if its latency exceeds ``budget_ms``
     (default: the target file's budget for the model). Returns the measured latency in ms."""
-    from .baseline import resolve_budget
-    from .check import CheckResult, check_timing, judge, measure_attempt
-    from .errors import UsageError
-    from .targets import get_target
+    from edgeprune.checks.baseline import resolve_budget
+    from edgeprune.checks.check import CheckResult, check_timing, judge, measure_attempt
+    from edgeprune.errors import UsageError
+    from edgeprune.runtime import get_target
     tgt = get_target(target or DEFAULT_TARGET)
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         path, meta, label = _artifact(model_or_onnx, tgt.spec, input_size, Path(tmp))
@@ -55,18 +55,18 @@ def assert_latency(model_or_onnx, target: str | None = None, budget_ms: float | 
 
 def _artifact(obj, spec, input_size: int | None, tmp: Path) -> tuple[Path, dict, str]:
     """(ONNX path, metadata, label) for a file, a model name, or an nn.Module."""
-    from .baseline import artifact_metadata
+    from edgeprune.checks.baseline import artifact_metadata
     if isinstance(obj, (str, os.PathLike)) and (Path(obj).is_file() or str(obj).endswith((".onnx", ".ort"))):
         return Path(obj), artifact_metadata(Path(obj)), str(obj)
-    from .onnxio import export_onnx
+    from edgeprune.artifacts.onnxio import export_onnx
     size = input_size or spec.input_size or 224
     if isinstance(obj, (str, os.PathLike)):
-        from .models import build_model, check_input_size
+        from edgeprune.training.models import build_model, check_input_size
         name = str(obj)
         model = build_model(name).eval()
         check_input_size(model, size, 3, name)
         return export_onnx(model, (spec.batch, 3, size, size), tmp / "model.onnx"), {"model": name}, name
-    from .models import input_channels
+    from edgeprune.training.models import input_channels
     shape = (spec.batch, input_channels(obj), size, size)
     return export_onnx(obj, shape, tmp / "model.onnx"), {}, type(obj).__name__
 

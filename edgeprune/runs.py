@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UsageError
+from edgeprune.errors import UsageError
 
 
 def read_run(run: str | Path, finished: bool = True) -> dict:

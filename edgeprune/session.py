@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
-from .errors import UsageError
-from .groups import Structure, analyse
-from .lut import LatencyTable, TableMismatch
-from .profile import ProfileConfig, build_table, table_meta
-from .search import SearchConfig
-from .spec import TargetSpec, load_spec
-from .targets import Target, get_target
+from edgeprune.errors import UsageError
+from edgeprune.latency.profile import ProfileConfig, build_table, table_meta
+from edgeprune.latency.table import LatencyTable, TableMismatch
+from edgeprune.pruning.groups import Structure, analyse
+from edgeprune.runtime import Target, get_target
+from edgeprune.runtime.spec import TargetSpec, load_spec
+from edgeprune.search.knapsack import SearchConfig
 
 DEFAULT_INPUT_SIZE = 32
 
@@ -58,8 +58,15 @@ class Session:
 
     @classmethod
     def open(cls, cfg: SessionConfig) -> "Session":
-        from .models import build_model, check_input_size, input_channels, is_pretrained, load_weights
         import torch
+
+        from edgeprune.training.models import (
+            build_model,
+            check_input_size,
+            input_channels,
+            is_pretrained,
+            load_weights,
+        )
         spec = load_spec(cfg.target)
         target = get_target(spec)
         # idle torch threads spin after each op and would steal the core latency runs on
@@ -92,8 +99,8 @@ class Session:
         """Train a baseline first when the model has no trained weights (resumable)."""
         if self.trained or self.cfg.baseline_epochs <= 0 or self.data is None:
             return
-        from .finetune import FinetuneConfig, train
-        from .models import save_weights
+        from edgeprune.training.finetune import FinetuneConfig, train
+        from edgeprune.training.models import save_weights
         ft = FinetuneConfig(epochs=self.cfg.baseline_epochs, threads=self.cfg.train_threads, lr=0.05,
                             batch_size=self.batch_size, progress=self.cfg.progress,
                             patience=self.cfg.baseline_epochs)
@@ -105,7 +112,7 @@ class Session:
     @property
     def batch_size(self) -> int:
         """The fine-tune recipe's batch size for this data (``finetune.default_batch_size``)."""
-        from .finetune import default_batch_size
+        from edgeprune.training.finetune import default_batch_size
         return default_batch_size(len(self.data.train)) if self.data else 128
 
     @property
@@ -140,17 +147,17 @@ class Session:
     def pruned(self, widths: dict[str, int], weights: str | Path | None = None) -> nn.Module:
         """The session's model pruned to ``widths``, with the pruned model's trained ``weights``
         (a prune run's model.pt)."""
-        from .models import load_weights
-        from .prune import prune_to_widths
+        from edgeprune.pruning.prune import prune_to_widths
+        from edgeprune.training.models import load_weights
         model = prune_to_widths(self.model, self.input_shape, widths)
         return load_weights(model, weights) if weights else model
 
     def scores(self, model: nn.Module | None = None) -> dict[str, np.ndarray]:
-        from .importance import importances
+        from edgeprune.pruning.importance import importances
         return importances(model or self.model, self.input_shape, self.cfg.importance)
 
     def widths(self, model: nn.Module) -> dict[str, int]:
-        from .prune import widths_of
+        from edgeprune.pruning.prune import widths_of
         return widths_of(model, self.input_shape)
 
     def search_config(self, base: SearchConfig) -> SearchConfig:
@@ -160,14 +167,14 @@ class Session:
         groups = self.structure.groups_of(base.protect) | (set(base.protect) & set(self.structure.groups))
         unknown = [p for p in base.protect if not self.structure.groups_of([p]) and p not in self.structure.groups]
         if unknown:
-            from .errors import suggest
+            from edgeprune.errors import suggest
             names = list(self.structure.layers) + list(self.structure.groups)
             raise UsageError(f"--protect {unknown[0]!r} matches no prunable layer{suggest(unknown[0], names)}")
         return replace(base, protect=sorted(groups))
 
 
 def _load_data(cfg: SessionConfig):
-    from .data import DataConfig, load_data
+    from edgeprune.training.data import DataConfig, load_data
     return load_data(DataConfig(name=cfg.data, root=cfg.data_root, input_size=cfg.input_size,
                                 in_channels=3, train_samples=cfg.train_samples,
                                 val_samples=cfg.val_samples, test_samples=cfg.test_samples))

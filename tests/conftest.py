@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.spec import TargetSpec
-from edgeprune.targets.fake import FakeTarget as _FakeTarget
-from edgeprune.timing import Latency
+from edgeprune.runtime.fake import FakeTarget as _FakeTarget
+from edgeprune.runtime.spec import TargetSpec
+from edgeprune.runtime.timing import Latency
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS_DIR = REPO / "edgeprune" / "targets" / "builtin"
+TARGETS_DIR = REPO / "edgeprune" / "runtime" / "targets"
 INPUT_SHAPE = (1, 3, 32, 32)
 FAKE_YAML = "name: fake\nruntime: fake\n"
 TINY_PROFILE = dict(levels=3, runs=2, validate=3, calibrate=6, progress=False)
@@ -42,14 +42,14 @@ def fake_target_file(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def fake_target():
-    from edgeprune.spec import TargetSpec
-    from edgeprune.targets import get_target
+    from edgeprune.runtime import get_target
+    from edgeprune.runtime.spec import TargetSpec
     return get_target(TargetSpec(name="fake", runtime="fake"))
 
 
 @pytest.fixture
 def tiny_model():
-    from edgeprune.models import build_model
+    from edgeprune.training.models import build_model
     torch.manual_seed(0)
     return build_model("tiny_resnet", num_classes=10).eval()
 
@@ -57,8 +57,8 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_table(tmp_path_factory, fake_target):
     """Fake-target LatencyTable of tiny_resnet at 32 px (levels=3, runs=2, validate=3)."""
-    from edgeprune.models import build_model
-    from edgeprune.profile import ProfileConfig, build_table
+    from edgeprune.latency.profile import ProfileConfig, build_table
+    from edgeprune.training.models import build_model
     torch.manual_seed(0)
     model = build_model("tiny_resnet", num_classes=10).eval()
     out = tmp_path_factory.mktemp("tables") / "tiny_resnet-32px.json"
@@ -68,9 +68,9 @@ def tiny_table(tmp_path_factory, fake_target):
 @pytest.fixture(scope="session")
 def resnet18_setup(tmp_path_factory, fake_target):
     """(model, fake-target table, l1 scores) for torchvision resnet18 at 32 px."""
-    from edgeprune.importance import importances
-    from edgeprune.models import build_model
-    from edgeprune.profile import ProfileConfig, build_table
+    from edgeprune.latency.profile import ProfileConfig, build_table
+    from edgeprune.pruning.importance import importances
+    from edgeprune.training.models import build_model
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10).eval()
     out = tmp_path_factory.mktemp("tables") / "resnet18-32px.json"

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import INPUT_SHAPE
-from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, Score, ShapePlanner, abn_search
-from edgeprune.loop import fit_budget
-from edgeprune.prune import widths_of
-from edgeprune.search import SearchConfig, bounds
-from edgeprune.shapes import fit_shape, mutate, random_shape, shape_of, uniform
 from test_search import additive_table, uniform_scores
+
+from edgeprune.pruning.prune import widths_of
+from edgeprune.search.accuracy import (
+    AbnConfig,
+    AdaptiveBN,
+    Score,
+    ShapePlanner,
+    abn_search,
+)
+from edgeprune.search.knapsack import SearchConfig, bounds
+from edgeprune.search.loop import fit_budget
+from edgeprune.search.shapes import fit_shape, mutate, random_shape, shape_of, uniform
 
 
 @pytest.fixture
@@ -104,7 +110,7 @@ def test_rescaling_re_ranks_the_finalists(three):
     """The best shape at the searched budget loses its edge a little lower (a group crosses a
     threshold when scaled), while another finalist keeps it: the rescaled pick is that one, not
     the searched best scaled down (EfficientNet-Lite0 at 35%, issue 9)."""
-    from edgeprune.accuracy_search import AbnResult, Candidate
+    from edgeprune.search.accuracy import AbnResult, Candidate
     full = three.predict(three.groups)
     budget = 0.05 + 0.8 * (full - 0.05)
     f = lambda w: (1.0 if w["c"] >= 184 else 0.0) + 0.1 * w["a"] / 64 + 0.1 * w["b"] / 128
@@ -136,7 +142,7 @@ def test_a_search_where_the_unpruned_model_fits_never_stands_for_another_budget(
 
 
 def test_adaptive_bn_scores_real_pruned_models(tiny_model, tiny_table):
-    from edgeprune.data import DataConfig, load_data
+    from edgeprune.training.data import DataConfig, load_data
     data = load_data(DataConfig(input_size=32, train_samples=300, val_samples=100, test_samples=50))
     scorer = AdaptiveBN(tiny_model, INPUT_SHAPE, data, "l1", AbnConfig(calib_batches=2, batch_size=32, eval_samples=100))
     half = {g: max(8, c // 2 // 8 * 8) for g, c in tiny_table.groups.items()}

@@ -7,8 +7,8 @@ import copy
 import pytest
 from conftest import INPUT_SHAPE
 
-from edgeprune import baselines as b
-from edgeprune.prune import widths_of
+from edgeprune.pruning import baselines as b
+from edgeprune.pruning.prune import widths_of
 
 
 def test_uniform_widths_cut_every_group_by_the_same_ratio(tiny_table):
@@ -46,7 +46,7 @@ class RatioTarget:
         self.ratios = list(ratios)
 
     def measure_alternating(self, a, b_):
-        from edgeprune.timing import Alternation, Latency
+        from edgeprune.runtime.timing import Alternation, Latency
         r = self.ratios.pop(0)
         rounds = (tuple((1.0, r) for _ in range(6)),) * 3
         lat = Latency.from_samples([1.0])
@@ -97,9 +97,9 @@ def test_choose_keeps_the_baseline_no_faster_than_the_reference():
 
 
 def test_finetune_pruned_reports_the_accuracy_path(tiny_model):
-    from edgeprune.data import DataConfig, load_data
-    from edgeprune.finetune import finetune_pruned, recipe
-    from edgeprune.prune import prune_to_widths
+    from edgeprune.pruning.prune import prune_to_widths
+    from edgeprune.training.data import DataConfig, load_data
+    from edgeprune.training.finetune import finetune_pruned, recipe
     data = load_data(DataConfig(input_size=32, train_samples=400, val_samples=100, test_samples=100))
     teacher = tiny_model
     pruned = prune_to_widths(tiny_model, INPUT_SHAPE, {g: 8 for g in widths_of(tiny_model, INPUT_SHAPE)})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.calibration import Calibration, fit
-from edgeprune.lut import LatencyTable, LayerEntry
-from edgeprune.search import SearchConfig, _State, search
+from edgeprune.latency.calibration import Calibration, fit
+from edgeprune.latency.table import LatencyTable, LayerEntry
+from edgeprune.search.knapsack import SearchConfig, _State, search
 
 GROUPS = {"a": 64, "b": 128, "c": 32}
 

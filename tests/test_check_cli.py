@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_fake_target
 
 from edgeprune.cli import main
@@ -30,8 +29,8 @@ REAL_YAML = textwrap.dedent("""\
 
 
 def export(path: Path, size: int = 32, model: str = "tiny_resnet", target: str = "fake") -> Path:
-    from edgeprune.export import export_artifact
-    from edgeprune.models import build_model
+    from edgeprune.artifacts.export import export_artifact
+    from edgeprune.training.models import build_model
     torch.manual_seed(0)
     export_artifact(build_model(model).eval(), "onnx", path, (1, 3, size, size), {"model": model, "target": target})
     return path
@@ -221,7 +220,7 @@ def test_all_checks_a_deploy_file_one_junit_case_each(work, capsys):
 
 
 def test_real_onnxruntime_update_then_check_passes_and_catches_a_slower_model(work, capsys, monkeypatch):
-    from edgeprune import check
+    from edgeprune.checks import check
     cwd, _ = work
     # the contention guard has its own tests; here a busy test machine must not turn the verdict
     # into "inconclusive" or add retry pauses
@@ -251,8 +250,8 @@ def test_real_onnxruntime_update_then_check_passes_and_catches_a_slower_model(wo
 
 def test_assert_latency_on_a_file_a_model_name_and_a_module(work):
     from edgeprune.errors import UsageError
-    from edgeprune.models import build_model
     from edgeprune.pytest_plugin import assert_latency
+    from edgeprune.training.models import build_model
     cwd, targets = work
     assert 0 < assert_latency("m.onnx", target="fake", budget_ms=1000) < 1000
     with pytest.raises(AssertionError, match=r"m.onnx on fake: measured .* ms and .* ms > budget 0.0000 ms"):

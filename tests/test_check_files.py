@@ -7,12 +7,18 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from edgeprune.baseline import Baseline, default_path, describe_mismatch, dumps, mismatches
-from edgeprune.check import Budget, CheckResult, Comparison
-from edgeprune.check_report import junit_cases, render, to_json
-from edgeprune.deploy import load_deploy
+from edgeprune.checks.baseline import (
+    Baseline,
+    default_path,
+    describe_mismatch,
+    dumps,
+    mismatches,
+)
+from edgeprune.checks.check import Budget, CheckResult, Comparison
+from edgeprune.checks.check_report import junit_cases, render, to_json
+from edgeprune.checks.deploy import load_deploy
+from edgeprune.checks.junit import TestCase, to_xml, write
 from edgeprune.errors import UsageError
-from edgeprune.junit import TestCase, to_xml, write
 
 FP = {"runtime": "onnxruntime", "runtime_version": "1.31.1", "device": "cpu", "threads": 1, "precision": "fp32",
       "host_cpu": "Some CPU", "host_isa": ["avx2", "fma"], "host_cores": 2, "host_arch": "x86_64"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.check import Comparison, compare, latency_of
+from edgeprune.checks.check import Comparison, compare, latency_of
 
 NOISE = 0.03          # per-sample relative noise, as measured on these machines
 
@@ -138,7 +138,7 @@ def test_comparison_dict_shape():
 
 def feed(monkeypatch, *specs):
     """A ``measure`` callable returning synthetic measurements: (latency ratio, CPU wait share)."""
-    from edgeprune import check
+    from edgeprune.checks import check
     monkeypatch.setattr(check, "RETRY_PAUSE_S", 0.0)
     queue = list(specs)
     calls = []
@@ -155,8 +155,8 @@ BASE = tuple(1 + 0.002 * k for k in range(20))
 
 
 def verdict(measure, budget_ms=None, confirm=True):
-    from edgeprune.baseline import Budget
-    from edgeprune.check import CheckResult, judge
+    from edgeprune.checks.baseline import Budget
+    from edgeprune.checks.check import CheckResult, judge
     res = CheckResult("m.onnx", "t", budget=Budget(budget_ms, "test") if budget_ms else None)
     judge(res, measure, BASE, 0.05, confirm)
     return res
@@ -209,7 +209,7 @@ def test_budget_is_confirmed_like_a_regression(monkeypatch):
 
 
 def test_a_baseline_on_a_busy_machine_keeps_the_least_slowed_measurements_and_warns(monkeypatch):
-    from edgeprune.check import CheckResult, _baseline_attempts
+    from edgeprune.checks.check import CheckResult, _baseline_attempts
     measure, calls = feed(monkeypatch, (1.3, 0.4), (1.1, 0.3), (1.2, 0.5), (1.4, 0.2))
     res = CheckResult("m.onnx", "t")
     used = _baseline_attempts(res, measure)
@@ -224,7 +224,7 @@ def test_a_baseline_on_a_busy_machine_keeps_the_least_slowed_measurements_and_wa
 def test_paired_comparison_cancels_a_slow_period():
     # both models slow down together in the second half (a neighbour): unpaired, the spread
     # of each side swamps a 10% difference; paired by round, the ratio is ~1.10 throughout
-    from edgeprune.comparison import compare_paired
+    from edgeprune.checks.comparison import compare_paired
     rng = np.random.default_rng(1)
     ref = np.concatenate([np.full(100, 1.0), np.full(100, 1.6)]) * rng.lognormal(0, 0.02, 200)
     cand = 1.10 * np.concatenate([np.full(100, 1.0), np.full(100, 1.6)]) * rng.lognormal(0, 0.02, 200)
@@ -241,7 +241,7 @@ def test_paired_comparison_cancels_a_slow_period():
 def test_paired_interval_widens_when_windows_disagree():
     # rounds inside a window are correlated: the interval must come from whole windows, so
     # two windows reading +8% and -2% give a wide interval however many rounds each has
-    from edgeprune.comparison import compare_paired
+    from edgeprune.checks.comparison import compare_paired
     tight = compare_paired([np.log(np.full(50, 1.08))] * 2 + [np.log(np.full(50, 1.07))] * 2, 1, 1, 0.05)
     loose = compare_paired([np.log(np.full(50, 1.08)), np.log(np.full(50, 0.98))] * 2, 1, 1, 0.05)
     assert tight.regression

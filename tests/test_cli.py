@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import yaml
-
 from conftest import write_fake_target
-from edgeprune.spec import BUILTIN_TARGETS
+
+from edgeprune.runtime.spec import BUILTIN_TARGETS
 
 
 @pytest.fixture
@@ -96,7 +96,8 @@ def test_measure_model_json(cli, work):
 
 def test_measure_onnx_file(cli, work, tiny_model):
     from conftest import INPUT_SHAPE
-    from edgeprune.onnxio import export_onnx
+
+    from edgeprune.artifacts.onnxio import export_onnx
     cwd, _ = work
     path = export_onnx(tiny_model, INPUT_SHAPE, cwd / "m.onnx")
     r = cli(["measure", "m.onnx", "--json"], cwd)
@@ -201,7 +202,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(cli, work, bad_targets, fixed_
 
 
 def test_infeasible_budget_states_the_minimum(cli, work, fake_table_file, tiny_table):
-    from edgeprune.search import SearchConfig, bounds
+    from edgeprune.search.knapsack import SearchConfig, bounds
     cwd, targets = work
     floor_ms = tiny_table.predict(bounds(tiny_table, SearchConfig())[0])
     r = cli(prune_args("tiny_resnet", "--target", "fake", "--budget-ms", "0.01", "--table", fake_table_file),
@@ -231,7 +232,7 @@ def test_corrupt_table_file(cli, work):
 
 def test_missing_backend_names_the_install_command(monkeypatch, capsys, tmp_path):
     from edgeprune.cli import main
-    from edgeprune.targets.ort import OrtTarget
+    from edgeprune.runtime.ort import OrtTarget
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EDGEPRUNE_TARGETS", raising=False)
     monkeypatch.setattr(OrtTarget, "installed", classmethod(lambda cls: False))
@@ -273,6 +274,7 @@ def test_out_of_memory_or_a_bug_while_loading_is_not_bad_input(monkeypatch, caps
     """ORT's own errors on a bad file are bad input (2); running out of memory, or a bug of ours,
     is not (3)."""
     import onnxruntime as ort
+
     from edgeprune import cli
 
     def fails(*_a, **_k):

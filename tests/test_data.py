@@ -6,8 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeprune.data import FASHION_CLASSES, FASHION_DEFAULT, DataConfig, load_data
 from edgeprune.errors import UsageError
+from edgeprune.training.data import (
+    FASHION_CLASSES,
+    FASHION_DEFAULT,
+    DataConfig,
+    load_data,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,15 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from edgeprune import export
+from edgeprune.artifacts import export
+from edgeprune.artifacts.export import (
+    KINDS,
+    check_onnx,
+    export_artifact,
+    read_metadata,
+    resolve_kind,
+)
 from edgeprune.errors import EdgepruneError, UsageError
-from edgeprune.export import KINDS, check_onnx, export_artifact, read_metadata, resolve_kind
 
 
 def tiny_model() -> nn.Module:

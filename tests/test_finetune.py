@@ -5,12 +5,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeprune import finetune
-from edgeprune.data import DataConfig, load_data
-from edgeprune.finetune import (FinetuneConfig, TrainResult, distillation_loss, recalibrate_bn,
-                                train)
-from edgeprune.metrics import confusion_matrix, evaluate, from_confusion
-from edgeprune.models import build_model
+from edgeprune.training import finetune
+from edgeprune.training.data import DataConfig, load_data
+from edgeprune.training.finetune import (
+    FinetuneConfig,
+    TrainResult,
+    distillation_loss,
+    recalibrate_bn,
+    train,
+)
+from edgeprune.training.metrics import confusion_matrix, evaluate, from_confusion
+from edgeprune.training.models import build_model
 
 FAST = dict(lr=0.05, batch_size=32, progress=False, threads=1)  # 1 thread: 10x faster on a busy 2-core box
 
@@ -251,7 +256,7 @@ def test_a_first_epoch_dip_is_trained_through_not_rolled_back(digits, monkeypatc
     # a pruned model that starts strong after BN re-estimation dips in its first fine-tune epoch
     # (LR at its peak) and recovers as the cosine schedule anneals: the recipe must not roll that
     # back and stop early at the starting point (seen: ResNet-18 at 50% stopped after 2 epochs)
-    from edgeprune.metrics import Metrics
+    from edgeprune.training.metrics import Metrics
     script = iter([0.90, 0.85, 0.88, 0.92])
     monkeypatch.setattr(finetune, "evaluate", lambda *a, **k: Metrics(next(script), 0.9, 0.9, 0.9, 100, 0.3))
     cfg = finetune.recipe(digits, 3)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import INPUT_SHAPE
+
 from edgeprune.errors import UsageError
-from edgeprune.groups import analyse
-from edgeprune.models import build_model
-from edgeprune.prune import prune_to_widths, widths_of
+from edgeprune.pruning.groups import analyse
+from edgeprune.pruning.prune import prune_to_widths, widths_of
+from edgeprune.training.models import build_model
 
 
 def n_params(model: nn.Module) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from edgeprune import api
-from edgeprune.models import build_model, load_weights
-from edgeprune.prune import prune_to_widths
+from edgeprune.pruning.prune import prune_to_widths
+from edgeprune.training.models import build_model, load_weights
 
 SIZE = 16
 
@@ -33,7 +33,8 @@ def test_a_group_the_criterion_cannot_score_is_named(capsys):
     """bn_scale on a network without BatchNorm: every group counts its channels equally, and
     stderr says so instead of the search silently treating them as uniform."""
     import torch.nn as nn
-    from edgeprune.importance import importances
+
+    from edgeprune.pruning.importance import importances
     net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     scores = importances(net, (1, 3, 16, 16), "bn_scale")

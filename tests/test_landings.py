@@ -6,12 +6,12 @@ import json
 import math
 
 import pytest
-
 from conftest import INPUT_SHAPE, SlowerHost
-from edgeprune.importance import importances
-from edgeprune.landings import PRIOR
-from edgeprune.loop import fit_budget
-from edgeprune.search import SearchConfig
+
+from edgeprune.latency.landings import PRIOR
+from edgeprune.pruning.importance import importances
+from edgeprune.search.knapsack import SearchConfig
+from edgeprune.search.loop import fit_budget
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_the_next_run_lands_where_this_one_measured(tiny_model, table):
 def test_a_budget_not_met_still_teaches_the_table(tiny_model, table):
     """Readings of a loop that gave up are kept too (the pipeline saves them in a finally)."""
     from edgeprune.errors import BudgetNotMet
-    from edgeprune.loop import LoopConfig
+    from edgeprune.search.loop import LoopConfig
     scores = importances(tiny_model, INPUT_SHAPE)
     host = SlowerHost(1.6)
     with pytest.raises(BudgetNotMet):

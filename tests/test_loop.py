@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import INPUT_SHAPE, SlowerHost
+
 from edgeprune.errors import BudgetNotMet, InfeasibleBudget
-from edgeprune.importance import importances
-from edgeprune.loop import LoopConfig, bounded, fit_budget, gradual_budgets
-from edgeprune.prune import widths_of
-from edgeprune.search import SearchConfig, bounds
-from edgeprune.spec import TargetSpec
-from edgeprune.targets.fake import FakeTarget
-from edgeprune.timing import Latency
+from edgeprune.pruning.importance import importances
+from edgeprune.pruning.prune import widths_of
+from edgeprune.runtime.fake import FakeTarget
+from edgeprune.runtime.spec import TargetSpec
+from edgeprune.runtime.timing import Latency
+from edgeprune.search.knapsack import SearchConfig, bounds
+from edgeprune.search.loop import LoopConfig, bounded, fit_budget, gradual_budgets
 
 
 class NoisyFake(FakeTarget):

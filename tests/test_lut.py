@@ -6,16 +6,16 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import INPUT_SHAPE
-from edgeprune.calibration import Calibration
+
 from edgeprune.errors import UsageError
-from edgeprune.lut import LatencyTable, LayerEntry, TableError, interpolate
-from edgeprune.loop import measure_model
-from edgeprune.profile import ProfileConfig, random_widths
-from edgeprune.prune import prune_to_widths
-from edgeprune.groups import analyse
-from edgeprune.models import build_model
+from edgeprune.latency.calibration import Calibration
+from edgeprune.latency.profile import ProfileConfig, random_widths
+from edgeprune.latency.table import LatencyTable, LayerEntry, TableError, interpolate
+from edgeprune.pruning.groups import analyse
+from edgeprune.pruning.prune import prune_to_widths
+from edgeprune.search.loop import measure_model
+from edgeprune.training.models import build_model
 
 GRID_1D = [[8, 16, 32]]
 VALUES_1D = np.array([1.0, 3.0, 4.0])
@@ -206,7 +206,8 @@ def test_saved_files_honour_the_umask(tmp_path, tiny_model):
     # (0644 under umask 022), not mkstemp's private 0600, so shared profiles/ and deployed
     # artifacts stay readable by other users and services
     import os
-    from edgeprune.onnxio import export_onnx
+
+    from edgeprune.artifacts.onnxio import export_onnx
     old = os.umask(0o022)
     try:
         table = small_table().save(tmp_path / "t.json")
@@ -220,7 +221,8 @@ def test_saved_files_honour_the_umask(tmp_path, tiny_model):
 def test_table_knows_the_weight_size_at_any_widths(resnet18_setup, tmp_path):
     import torch.nn as nn
     from conftest import INPUT_SHAPE
-    from edgeprune.prune import prune_to_widths
+
+    from edgeprune.pruning.prune import prune_to_widths
     model, table, _ = resnet18_setup
 
     def conv_linear_mb(m):

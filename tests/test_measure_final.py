@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeprune.pipeline import measure_final
-from edgeprune.timing import Latency
+from edgeprune.runtime.timing import Latency
 
 
 def lat(ms: float) -> Latency:
@@ -56,7 +56,7 @@ class Alternating:
         return [lat(3.0), lat(0.5)]   # separate best windows would say 6.0x
 
     def measure_alternating(self, a, b, timing=None):
-        from edgeprune.timing import Alternation
+        from edgeprune.runtime.timing import Alternation
         rounds = tuple(tuple((0.5 * k, 0.5 * k * r) for k, r in zip((1, 2, 3, 1, 2), (3.2, 3.3, 3.4, 3.3, 3.2)))
                        for _ in range(4))
         return Alternation(rounds, (lat(0.5), lat(1.65)))

@@ -5,10 +5,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgeprune import models
 from edgeprune.errors import MissingBackend, UsageError
-from edgeprune.models import (build_model, check_input_size, input_channels, is_pretrained,
-                              load_weights, model_names, model_stats, save_weights)
+from edgeprune.training import models
+from edgeprune.training.models import (
+    build_model,
+    check_input_size,
+    input_channels,
+    is_pretrained,
+    load_weights,
+    model_names,
+    model_stats,
+    save_weights,
+)
 
 
 def lite0_file_state():

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 from torch.fx import Node
 
-from edgeprune import nni_engine
 from edgeprune.errors import UsageError
-from edgeprune.models import build_model
-from edgeprune.nni_engine import nni_uniform
+from edgeprune.pruning import nni_engine
+from edgeprune.pruning.nni_engine import nni_uniform
+from edgeprune.training.models import build_model
 
 SHAPE = (1, 3, 32, 32)
 

@@ -14,16 +14,21 @@ import torch.nn as nn
 ov = pytest.importorskip("openvino", reason="the openvino package is not installed (pip install 'edgeprune[openvino]')")
 
 from conftest import INPUT_SHAPE, TARGETS_DIR  # noqa: E402
-from edgeprune import export  # noqa: E402
-from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
-from edgeprune.export import export_artifact, read_metadata, resolve_kind  # noqa: E402
-from edgeprune.onnxio import export_onnx, module_call_order  # noqa: E402
-from edgeprune.profile import attribute  # noqa: E402
-from edgeprune.spec import TargetSpec, load_spec  # noqa: E402
 from test_export import tiny_model  # noqa: E402
-from edgeprune.targets import get_target  # noqa: E402
-from edgeprune.targets.openvino import (OpenVinoTarget, device_available, onnx_names,  # noqa: E402
-                                        physical_devices)
+
+from edgeprune import export  # noqa: E402
+from edgeprune.artifacts.export import export_artifact, read_metadata, resolve_kind  # noqa: E402
+from edgeprune.artifacts.onnxio import export_onnx, module_call_order  # noqa: E402
+from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
+from edgeprune.latency.profile import attribute  # noqa: E402
+from edgeprune.runtime import get_target  # noqa: E402
+from edgeprune.runtime.openvino import (  # noqa: E402
+    OpenVinoTarget,
+    device_available,
+    onnx_names,
+    physical_devices,
+)
+from edgeprune.runtime.spec import TargetSpec, load_spec  # noqa: E402
 
 pytestmark = pytest.mark.openvino
 
@@ -36,7 +41,7 @@ def target():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(tiny_resnet, its ONNX file, its Conv/Linear call order) at 32 px."""
-    from edgeprune.models import build_model
+    from edgeprune.training.models import build_model
     torch.manual_seed(0)
     model = build_model("tiny_resnet", num_classes=10).eval()
     path = export_onnx(model, INPUT_SHAPE, tmp_path_factory.mktemp("ov") / "tiny.onnx")
@@ -48,7 +53,7 @@ def spec(device: str, **kw) -> TargetSpec:
 
 
 def test_module_imports_the_real_openvino_not_itself():
-    import edgeprune.targets.openvino as mine
+    import edgeprune.runtime.openvino as mine
     assert ov.__file__ != mine.__file__
     assert hasattr(ov, "Core") and hasattr(ov, "convert_model")
 
@@ -85,7 +90,7 @@ def test_inference_keeps_the_measuring_threads_pinning(target, tiny):
     # timing.pinned (two measuring processes then shared one CPU and read 4x slow)
     import os
 
-    from edgeprune.cpus import pinned
+    from edgeprune.runtime.cpus import pinned
     compiled = target.compile(tiny[1])
     assert str(compiled.compiled_model.get_property("ENABLE_CPU_PINNING")) in ("False", "NO")
     with pinned(1):

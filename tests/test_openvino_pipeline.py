@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from conftest import run_cli
 
 pytest.importorskip("openvino", reason="the openvino package is not installed (pip install 'edgeprune[openvino]')")
@@ -41,7 +40,7 @@ def ov_run(tmp_path_factory):
 def test_profile_writes_an_openvino_table_with_its_error(ov_run):
     import openvino
 
-    from edgeprune.lut import LatencyTable
+    from edgeprune.latency.table import LatencyTable
     r = ov_run["profile"]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -77,7 +76,7 @@ def test_prune_meets_a_measured_budget_on_openvino(ov_run):
 
 
 def test_pruned_model_exports_as_a_validated_ir(ov_run):
-    from edgeprune.export import read_metadata
+    from edgeprune.artifacts.export import read_metadata
     report = json.loads((ov_run["out"] / "report.json").read_text())
     xml = ov_run["out"] / "model.xml"
     r = run_cli(["export", "tiny_resnet", "--run", ov_run["out"], "--format", "openvino", "--target", TARGET,

@@ -7,13 +7,20 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TARGETS_DIR
+
 from edgeprune.errors import MissingBackend, UsageError
-from edgeprune.spec import TargetSpec, load_spec
-from edgeprune.targets import RUNTIMES, get_target, target_class
-from edgeprune.targets.openvino import (OpenVinoTarget, device_available, onnx_name, ov_message,
-                                        parse_ov_profile, physical_devices, runs_kernel)
+from edgeprune.runtime import RUNTIMES, get_target, target_class
+from edgeprune.runtime.openvino import (
+    OpenVinoTarget,
+    device_available,
+    onnx_name,
+    ov_message,
+    parse_ov_profile,
+    physical_devices,
+    runs_kernel,
+)
+from edgeprune.runtime.spec import TargetSpec, load_spec
 
 OPENVINO_TARGETS = {"openvino-cpu": "CPU", "openvino-gpu": "GPU", "openvino-npu": "NPU",
                     "openvino-fpga": "HETERO:FPGA,CPU"}
@@ -42,8 +49,8 @@ def test_openvino_cpu_is_fp32_one_thread():
 
 
 def test_registry_names_the_module_lazily():
-    assert RUNTIMES["openvino"] == "edgeprune.targets.openvino:OpenVinoTarget"
-    code = ("import sys, edgeprune, edgeprune.targets, edgeprune.targets.openvino; "
+    assert RUNTIMES["openvino"] == "edgeprune.runtime.openvino:OpenVinoTarget"
+    code = ("import sys, edgeprune, edgeprune.runtime, edgeprune.runtime.openvino; "
             "assert 'openvino' not in sys.modules, 'openvino imported eagerly'")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -141,7 +148,7 @@ def test_ir_export_without_openvino_gives_the_install_hint(monkeypatch, tmp_path
 
     import torch.nn as nn
 
-    from edgeprune import export
+    from edgeprune.artifacts import export
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     with pytest.raises(MissingBackend, match=r"openvino is not installed for export format openvino-fp16; "

@@ -6,12 +6,12 @@ import json
 
 import onnxruntime
 import pytest
-
 from conftest import INPUT_SHAPE, run_cli
+
 from edgeprune.errors import UsageError
-from edgeprune.spec import TargetSpec, load_spec
-from edgeprune.targets import get_target
-from edgeprune.targets.ort import to_ort_format
+from edgeprune.runtime import get_target
+from edgeprune.runtime.ort import to_ort_format
+from edgeprune.runtime.spec import TargetSpec, load_spec
 
 HAS_XNNPACK = "XnnpackExecutionProvider" in onnxruntime.get_available_providers()
 
@@ -22,7 +22,7 @@ def mobile_spec(**options) -> TargetSpec:
 
 @pytest.fixture
 def tiny_onnx(tiny_model, tmp_path):
-    from edgeprune.onnxio import export_onnx
+    from edgeprune.artifacts.onnxio import export_onnx
     return export_onnx(tiny_model, INPUT_SHAPE, tmp_path / "tiny.onnx")
 
 
@@ -90,8 +90,9 @@ def test_ort_format_graph_is_the_portable_one(tiny_onnx, tmp_path):
 
 def test_layer_times_map_to_modules(tiny_model, tiny_onnx):
     import onnx
-    from edgeprune.onnxio import module_call_order
-    from edgeprune.profile import attribute
+
+    from edgeprune.artifacts.onnxio import module_call_order
+    from edgeprune.latency.profile import attribute
     target = get_target(mobile_spec(format="ort", fallback="cpu"))
     times = target.layer_times(tiny_onnx, runs=3)
     assert times and not any("Nchwc" in t.op or "Reorder" in t.op for t in times)

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -55,7 +54,7 @@ def test_prune_meets_a_measured_budget(pruned_run):
 
 
 def test_artifact_metadata(pruned_run):
-    from edgeprune.export import read_metadata
+    from edgeprune.artifacts.export import read_metadata
     report = json.loads((pruned_run["out"] / "report.json").read_text())
     model = pruned_run["out"] / "model.onnx"
     assert model.exists()
@@ -72,10 +71,11 @@ def test_artifact_remeasures_within_noise(pruned_run, tmp_path):
     medians are not compared: they drift ±30% on a shared machine (CI saw 0.233 against 0.164 ms
     for the same file)."""
     import onnx
-    from edgeprune.baselines import paired_ratio
-    from edgeprune.models import build_model
-    from edgeprune.onnxio import export_onnx
-    from edgeprune.targets import get_target
+
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.pruning.baselines import paired_ratio
+    from edgeprune.runtime import get_target
+    from edgeprune.training.models import build_model
     report = json.loads((pruned_run["out"] / "report.json").read_text())
     artifact = pruned_run["out"] / "model.onnx"
     r = run_cli(["measure", artifact, "--json"], cwd=pruned_run["base"])

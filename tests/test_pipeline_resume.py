@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-import edgeprune.finetune as finetune_mod
 import edgeprune.pipeline as pipeline_mod
+import edgeprune.training.finetune as finetune_mod
 from edgeprune import api
 
 SIZE = 16

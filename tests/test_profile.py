@@ -10,14 +10,20 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-
-import edgeprune.profile as profile_mod
 from conftest import INPUT_SHAPE, TINY_PROFILE
-from edgeprune.groups import analyse
-from edgeprune.models import build_model
-from edgeprune.onnxio import export_onnx, module_call_order
-from edgeprune.profile import (ProfileConfig, attribute, build_table, colour_groups, level_grid,
-                               next_prime)
+
+import edgeprune.latency.profile as profile_mod
+from edgeprune.artifacts.onnxio import export_onnx, module_call_order
+from edgeprune.latency.profile import (
+    ProfileConfig,
+    attribute,
+    build_table,
+    colour_groups,
+    level_grid,
+    next_prime,
+)
+from edgeprune.pruning.groups import analyse
+from edgeprune.training.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,7 @@ def test_next_prime():
 
 
 def test_attribute_real_ort_profile_of_tiny_resnet(tiny_model, tmp_path):
-    from edgeprune.targets import get_target
+    from edgeprune.runtime import get_target
     target = get_target("ort-cpu")
     path = export_onnx(tiny_model, INPUT_SHAPE, tmp_path / "m.onnx")
     times = target.layer_times(path, runs=3)
@@ -180,7 +186,8 @@ def test_build_table_with_a_group_no_wider_than_round_to(fake_target, tmp_path):
 
 def test_ort_table_records_measurement_conditions(tiny_model, tmp_path):
     import onnxruntime
-    from edgeprune.targets import get_target
+
+    from edgeprune.runtime import get_target
     target = get_target("ort-cpu")
     table = build_table(tiny_model, target, INPUT_SHAPE, tmp_path / "t.json", "tiny_resnet",
                         ProfileConfig(levels=3, runs=2, validate=2, calibrate=8, progress=False))
@@ -202,7 +209,7 @@ def test_ort_table_records_measurement_conditions(tiny_model, tmp_path):
 
 
 def test_smooth_is_exact_on_a_bilinear_grid_and_pools_noise():
-    from edgeprune.profile import smooth
+    from edgeprune.latency.profile import smooth
     levels = [[8, 16, 24, 32, 40], [16, 32, 48, 64, 80]]
     ci, co = np.meshgrid(*[np.asarray(l, float) for l in levels], indexing="ij")
     truth = 0.01 + 1e-4 * ci * co + 2e-4 * co

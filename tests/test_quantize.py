@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 pytest.importorskip("openvino", reason="the openvino package is not installed (pip install 'edgeprune[openvino]')")
@@ -24,11 +23,11 @@ def make_run(out: Path) -> Path:
     """A prune output directory as `edgeprune prune --target openvino-cpu` leaves it (report.json
     with widths, model.pt, model.onnx, model.xml), made directly: tiny_resnet cut to 3/4 of its
     channels, then trained on digits (~87% test accuracy in ~5 s)."""
-    from edgeprune.data import DataConfig, load_data
-    from edgeprune.export import export_artifact
-    from edgeprune.finetune import FinetuneConfig, train
-    from edgeprune.models import build_model, save_weights
-    from edgeprune.prune import prune_to_widths, widths_of
+    from edgeprune.artifacts.export import export_artifact
+    from edgeprune.pruning.prune import prune_to_widths, widths_of
+    from edgeprune.training.data import DataConfig, load_data
+    from edgeprune.training.finetune import FinetuneConfig, train
+    from edgeprune.training.models import build_model, save_weights
     torch.manual_seed(0)
     data = load_data(DataConfig("digits", input_size=32))
     model = build_model("tiny_resnet", num_classes=10)
@@ -51,8 +50,8 @@ def int8_tolerance() -> float:
     """INT8 accuracy loss allowed for this 8-16 channel model: within 4 points on CPUs with VNNI
     (measured 0.8 points); on AVX2 without VNNI OpenVINO's INT8 kernels lose more even with
     NNCF's overflow fix (measured 93.1% -> 84.2%, 2026-11-30), so 12 points there."""
-    from edgeprune.quantize import VNNI_FLAGS
-    from edgeprune.targets.base import host_fingerprint
+    from edgeprune.artifacts.quantize import VNNI_FLAGS
+    from edgeprune.runtime.base import host_fingerprint
     return 0.04 if VNNI_FLAGS & set(host_fingerprint()["host_isa"]) else 0.12
 
 
@@ -65,8 +64,8 @@ def quantized(tmp_path_factory):
 
 
 def test_quantize_writes_an_int8_ir_with_the_runs_metadata(quantized):
-    from edgeprune.export import read_metadata
-    from edgeprune.quantize import quantized_ops
+    from edgeprune.artifacts.export import read_metadata
+    from edgeprune.artifacts.quantize import quantized_ops
     r, run = quantized["cli"], quantized["run"]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -111,11 +110,11 @@ def test_precisions_json_compares_three_precisions(quantized):
 
 def test_fp32_ir_accuracy_matches_pytorch(quantized):
     """evaluate_ir reports what metrics.evaluate reports for the same model and images."""
-    from edgeprune.data import DataConfig, load_data
-    from edgeprune.metrics import evaluate
-    from edgeprune.models import build_model, load_weights
-    from edgeprune.precisions import evaluate_ir
-    from edgeprune.prune import prune_to_widths
+    from edgeprune.artifacts.precisions import evaluate_ir
+    from edgeprune.pruning.prune import prune_to_widths
+    from edgeprune.training.data import DataConfig, load_data
+    from edgeprune.training.metrics import evaluate
+    from edgeprune.training.models import build_model, load_weights
     run = quantized["run"]
     report = json.loads((run / "report.json").read_text())
     model = load_weights(prune_to_widths(build_model("tiny_resnet", 10), SHAPE, report["widths"]), run / "model.pt")
@@ -126,8 +125,8 @@ def test_fp32_ir_accuracy_matches_pytorch(quantized):
 
 
 def test_quantize_ir_refuses_bad_calibration_and_leaves_nothing(quantized, tmp_path):
+    from edgeprune.artifacts.quantize import quantize_ir
     from edgeprune.errors import UsageError
-    from edgeprune.quantize import quantize_ir
     out = tmp_path / "q.xml"
     with pytest.raises(UsageError, match="shape"):
         quantize_ir(quantized["run"] / "model.onnx", [torch.zeros(1, 3, 16, 16)], out)
@@ -153,7 +152,7 @@ def test_bad_input_exits_2_and_writes_nothing(quantized, tmp_path, capsys, case)
 
 
 def test_the_target_chosen_for_a_non_openvino_run_is_said(capsys):
-    from edgeprune.precisions import resolve_target
+    from edgeprune.artifacts.precisions import resolve_target
     assert resolve_target(None, {"target": "ort-cpu"}) == "openvino-cpu"
     assert "pruned for 'ort-cpu', not an OpenVINO target; comparing precisions on openvino-cpu" in capsys.readouterr().err
     assert resolve_target(None, {"target": "openvino-cpu"}) == "openvino-cpu"

@@ -4,7 +4,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgeprune.report import fmt_ms, print_summary, render_markdown, write_report
+from edgeprune.reports.report import (
+    fmt_ms,
+    print_summary,
+    render_markdown,
+    write_report,
+)
 
 MINIMAL = {"model": "resnet18", "target": "ort-cpu", "budget_ms": 25.0}
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import InfeasibleBudget, UsageError
-from edgeprune.lut import LatencyTable, LayerEntry
-from edgeprune.search import SearchConfig, bounds, search
+from edgeprune.latency.table import LatencyTable, LayerEntry
+from edgeprune.search.knapsack import SearchConfig, bounds, search
 
 
 def additive_table(per_channel_ms: dict[str, tuple[int, float]], coupled: dict | None = None,
@@ -189,7 +189,8 @@ def test_non_positive_budget_is_a_usage_error(two_groups, budget):
 
 def test_tiny_resnet_search(tiny_table, tiny_model):
     from conftest import INPUT_SHAPE
-    from edgeprune.importance import importances
+
+    from edgeprune.pruning.importance import importances
     scores = importances(tiny_model, INPUT_SHAPE)
     assert set(scores) == set(tiny_table.groups)
     budget = 0.8 * tiny_table.predict({})

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from edgeprune.models import build_model, save_weights
+from edgeprune.training.models import build_model, save_weights
 
 SIZE = 16
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgeprune.errors import UsageError
-from edgeprune.profile import ProfileConfig
+from edgeprune.latency.profile import ProfileConfig
 from edgeprune.session import Session, SessionConfig
 
 QUICK = ProfileConfig(levels=3, runs=2, validate=2, calibrate=6, progress=False)

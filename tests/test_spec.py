@@ -5,10 +5,17 @@ import os
 
 import pytest
 import yaml
-
 from conftest import REPO, TARGETS_DIR
+
 from edgeprune.errors import UsageError
-from edgeprune.spec import BUILTIN_TARGETS, TargetSpec, TimingSpec, load_spec, resolve_target_path, target_files
+from edgeprune.runtime.spec import (
+    BUILTIN_TARGETS,
+    TargetSpec,
+    TimingSpec,
+    load_spec,
+    resolve_target_path,
+    target_files,
+)
 
 
 @pytest.fixture
@@ -158,7 +165,7 @@ def test_a_wheel_install_finds_the_built_in_targets_from_any_directory(tmp_path)
     assert r.returncode == 0, r.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("import edgeprune.spec as s; f = s.target_files(); "
+    code = ("import edgeprune.runtime.spec as s; f = s.target_files(); "
             "print(s.__file__); print(sorted(f)); print(s.load_spec('ort-cpu').runtime)")
     env = {k: v for k, v in os.environ.items() if k not in ("EDGEPRUNE_TARGETS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)

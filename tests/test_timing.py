@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from edgeprune.spec import TimingSpec
-from edgeprune.cpus import pinned
-from edgeprune.timing import Latency, measure, measure_interleaved, quantile
+from edgeprune.runtime.cpus import pinned
+from edgeprune.runtime.spec import TimingSpec
+from edgeprune.runtime.timing import Latency, measure, measure_interleaved, quantile
 
 
 class Counter:
@@ -186,7 +186,7 @@ def test_pinned_also_moves_threads_started_before_it():
 def test_alternation_swaps_the_order_every_round_and_pairs_blocks():
     # each call logs which model ran; model b sleeps twice as long as a, and is made slow for
     # a stretch of rounds together with a (a neighbour): the pairs' log ratios stay ~log 2
-    from edgeprune.timing import MIN_BLOCK_RUNS, MIN_ROUNDS, measure_alternating
+    from edgeprune.runtime.timing import MIN_BLOCK_RUNS, MIN_ROUNDS, measure_alternating
     log: list[str] = []
 
     def model(name: str, sleep_s: float):
@@ -210,7 +210,7 @@ def test_alternation_swaps_the_order_every_round_and_pairs_blocks():
 
 def test_pinning_prefers_the_cpu_the_scheduler_chose():
     # concurrent measuring processes must not all stack onto one fixed CPU
-    from edgeprune.cpus import preference
+    from edgeprune.runtime.cpus import preference
     assert preference({0, 1}, current=0) == [0, 1] and preference({0, 1}, current=1) == [1, 0]
     assert preference({0, 1, 2, 3}, current=2) == [2, 0, 1, 3] and preference({4, 5}, current=None) == [4, 5]
 
@@ -224,7 +224,7 @@ def test_concurrent_measurements_claim_different_cpus(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from edgeprune import cpus
+    from edgeprune.runtime import cpus
     monkeypatch.setattr(cpus, "LOCK_DIR", str(tmp_path))
     first, second = sorted(os.sched_getaffinity(0))[:2]
     monkeypatch.setattr(cpus, "_current_cpu", lambda: first)
@@ -255,7 +255,7 @@ def test_claim_waits_for_busy_cpus_holding_none(tmp_path, monkeypatch):
     import time
     from contextlib import ExitStack
 
-    from edgeprune import cpus
+    from edgeprune.runtime import cpus
     monkeypatch.setattr(cpus, "LOCK_DIR", str(tmp_path))
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeprune.cpus import passive_openmp
+from edgeprune.runtime.cpus import passive_openmp
 
 passive_openmp()  # before torch loads
 
@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 import torch
 import torch.nn as nn
 
-from edgeprune.check import check_timing
-from edgeprune.export import export_artifact
-from edgeprune.models import build_model
-from edgeprune.targets import get_target
+from edgeprune.artifacts.export import export_artifact
+from edgeprune.checks.check import check_timing
+from edgeprune.runtime import get_target
+from edgeprune.training.models import build_model
 
 
 class Slowed(nn.Module):
@@ -76,8 +76,8 @@ def make_models(args, out: Path):
     meta = {"model": args.model, "target": args.target}
     target = get_target(args.target)
     if args.slowdown_kind == "wider":
-        from edgeprune.groups import analyse
-        from edgeprune.prune import prune_to_widths
+        from edgeprune.pruning.groups import analyse
+        from edgeprune.pruning.prune import prune_to_widths
         full = analyse(model, shape).full_widths()
         start = {g: max(16, 16 * round(c * args.base_keep / 16)) for g, c in full.items()}
         order = sorted(full, key=lambda g: (-full[g], g))  # widest groups first, round robin

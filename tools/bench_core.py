@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edgeprune import api
-from edgeprune.profile import ProfileConfig
+from edgeprune.latency.profile import ProfileConfig
 
 
 def table_row(model: str, args, out: Path) -> dict:

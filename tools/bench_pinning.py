@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 CHILD = """
-import sys, edgeprune.cpus as tm
+import sys, edgeprune.runtime.cpus as tm
 if sys.argv[3] == "stacked":  # the old choice: always the last CPU, no claims between processes
     tm.claim = lambda preferred, n, claims: [max(tm.os.sched_getaffinity(0))]
-from edgeprune.targets import get_target
+from edgeprune.runtime import get_target
 print(get_target(sys.argv[2]).measure(sys.argv[1]).median_ms)
 """
 
@@ -27,8 +27,8 @@ def run_pair(onnx: str, target: str, mode: str) -> list[float]:
 def export(name: str) -> str:
     import tempfile
 
-    from edgeprune.export import export_artifact
-    from edgeprune.models import build_model
+    from edgeprune.artifacts.export import export_artifact
+    from edgeprune.training.models import build_model
     path = f"{tempfile.mkdtemp()}/{name}.onnx"
     export_artifact(build_model(name, num_classes=10).eval(), "onnx", path, (1, 3, 32, 32), {"model": name})
     return path

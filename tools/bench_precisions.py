@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from edgeprune import api
-from edgeprune.profile import ProfileConfig
+from edgeprune.latency.profile import ProfileConfig
 
 
 def prune_run(model: str, args, out: Path) -> Path:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgeprune.lut import LatencyTable
+from edgeprune.latency.table import LatencyTable
 
 
 def group_costs(table: LatencyTable) -> dict[str, tuple[float, float]]:

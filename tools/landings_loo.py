@@ -3,7 +3,7 @@
     python tools/landings_loo.py TABLE.json TABLE.landings.json
 
 Prints the profile's median |error| at the landings, then the landings' own at several kernel
-bandwidths, local only (``edgeprune.landings``) and with a global level term added (the mean
+bandwidths, local only (``edgeprune.latency.landings``) and with a global level term added (the mean
 residual of all landings, the kernel then correcting what is left)."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-import edgeprune.landings as L
-from edgeprune.lut import LatencyTable
+import edgeprune.latency.landings as L
+from edgeprune.latency.table import LatencyTable
 
 
 def predict(table, rest: list, widths: dict, global_level: bool) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgeprune.cpus import passive_openmp  # noqa: E402
+from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
 
 passive_openmp()  # before torch loads
 
@@ -30,9 +30,10 @@ passive_openmp()  # before torch loads
 def main() -> int:
     import torch
     from side_by_side import open_session, save_json
-    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN
-    from edgeprune.landings import Landings
-    from edgeprune.onnxio import export_onnx
+
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.latency.landings import Landings
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN
     torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a side-by-side run (its config, baseline and table)")
@@ -76,9 +77,9 @@ def main() -> int:
 
 
 def fit(s, table, scorer, frac: float, budget: float, label: str) -> dict:
-    from edgeprune.accuracy_search import ShapePlanner
-    from edgeprune.loop import fit_budget
-    from edgeprune.search import SearchConfig
+    from edgeprune.search.accuracy import ShapePlanner
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.loop import fit_budget
     t0 = time.time()
     planner = ShapePlanner(table, scorer, SearchConfig(), s.scores())
     r = fit_budget(s.model, s.input_shape, table, planner, s.target, budget, SearchConfig())

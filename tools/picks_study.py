@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgeprune.cpus import passive_openmp  # noqa: E402
+from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
 
 passive_openmp()  # before torch loads
 
@@ -34,10 +34,10 @@ passive_openmp()  # before torch loads
 def build(args) -> tuple[list[dict], list[Path], object]:
     from side_by_side import open_session
 
-    from edgeprune.onnxio import export_onnx
-    from edgeprune.prune import prune_to_widths
-    from edgeprune.search import SearchConfig
-    from edgeprune.shapes import fit_shape, random_shape, shape_of, uniform
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.pruning.prune import prune_to_widths
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.shapes import fit_shape, random_shape, shape_of, uniform
     run = Path(args.run)
     cfg = json.loads((run / "config.json").read_text())
     plan = json.loads((run / "plan.json").read_text()) if (run / "plan.json").exists() else {}

@@ -11,19 +11,19 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from edgeprune.cpus import passive_openmp
+from edgeprune.runtime.cpus import passive_openmp
 
 passive_openmp()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch
 
-from edgeprune.groups import analyse
-from edgeprune.models import build_model
-from edgeprune.onnxio import export_onnx
-from edgeprune.profile import E2E_TIMING, ProfileConfig, random_widths
-from edgeprune.prune import prune_to_widths
-from edgeprune.targets import get_target
+from edgeprune.artifacts.onnxio import export_onnx
+from edgeprune.latency.profile import E2E_TIMING, ProfileConfig, random_widths
+from edgeprune.pruning.groups import analyse
+from edgeprune.pruning.prune import prune_to_widths
+from edgeprune.runtime import get_target
+from edgeprune.training.models import build_model
 
 
 def fidelity(model_name: str, size: int, configs: int, target: str, seed: int = 7) -> dict:

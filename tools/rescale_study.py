@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgeprune.cpus import passive_openmp  # noqa: E402
+from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
 
 passive_openmp()  # before torch loads
 
@@ -25,9 +25,10 @@ passive_openmp()  # before torch loads
 def main() -> int:
     import torch
     from side_by_side import open_session
-    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, abn_search
-    from edgeprune.search import SearchConfig
-    from edgeprune.shapes import fit_shape
+
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, abn_search
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.shapes import fit_shape
     torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)

@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import open_session, save_json  # noqa: E402  (also sets OpenMP passive)
-
 import numpy as np  # noqa: E402
+from side_by_side import open_session, save_json  # noqa: E402  (also sets OpenMP passive)
 
 
 class CachedScorer:
@@ -43,7 +42,7 @@ class CachedScorer:
         self.calls = 0
 
     def __call__(self, widths: dict[str, int]):
-        from edgeprune.accuracy_search import Score
+        from edgeprune.search.accuracy import Score
         key = json.dumps(dict(sorted(widths.items())))
         if key not in self.state["scores"]:
             s = self.scorer(widths)
@@ -61,7 +60,7 @@ def grid_widths(table, g: str, ratios: list[float], lo: int, round_to: int) -> l
 
 def sensitivity_scores(table, score, ratios, cfg, metric: str) -> dict[str, np.ndarray]:
     """Per-channel marginals whose cumulative sum is the group's curve (higher is better)."""
-    from edgeprune.search import bounds
+    from edgeprune.search.knapsack import bounds
     lo, _ = bounds(table, cfg)
     full = dict(table.groups)
     out = {}
@@ -80,7 +79,7 @@ def sensitivity_scores(table, score, ratios, cfg, metric: str) -> dict[str, np.n
 
 def netadapt(table, score, goals: list[float], steps_to_first: int, steps_between: int, cfg) -> dict[float, dict]:
     """Greedy proposals from the unpruned widths down to each goal (largest first)."""
-    from edgeprune.search import bounds
+    from edgeprune.search.knapsack import bounds
     lo, hi = bounds(table, cfg)
     widths = dict(hi)
     targets, start = [], table.predict(widths)
@@ -115,9 +114,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="NetAdapt steps from unpruned to the first goal")
     ap.add_argument("--steps-between", type=int, default=2, help="... and between goals")
     a = ap.parse_args()
-    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN
-    from edgeprune.search import SearchConfig, search
-    from edgeprune.shapes import fit_shape, shape_of, uniform
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN
+    from edgeprune.search.knapsack import SearchConfig, search
+    from edgeprune.search.shapes import fit_shape, shape_of, uniform
 
     run = Path(a.run)
     cfg = json.loads((run / "config.json").read_text())

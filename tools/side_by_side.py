@@ -25,11 +25,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from edgeprune.cpus import passive_openmp
+from edgeprune.runtime.cpus import passive_openmp
 
 passive_openmp()  # before torch loads
 
-from edgeprune.onnxio import atomic_write  # noqa: E402
+from edgeprune.artifacts.onnxio import atomic_write  # noqa: E402
 
 METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs")
 FIRST = ("edgeprune", "uniform-tp")  # fine-tuned first: the comparison the issue turns on
@@ -58,11 +58,11 @@ def open_session(cfg: dict):
 # --- plan: baseline, edgeprune's loop, matched baselines, interleaved latency -----------------------
 
 def plan(cfg: dict) -> None:
-    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN, ShapePlanner
-    from edgeprune.loop import LoopConfig, fit_budget
-    from edgeprune.metrics import evaluate
-    from edgeprune.onnxio import export_onnx
-    from edgeprune.search import SearchConfig
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.loop import LoopConfig, fit_budget
+    from edgeprune.training.metrics import evaluate
 
     out = Path(cfg["out"])
     s = open_session(cfg)
@@ -113,10 +113,10 @@ def plan(cfg: dict) -> None:
 def routes(s, table, goal_ms: float, scfg, chosen: dict, cfg: dict) -> dict:
     """The accuracy-side routes at the same *predicted* latency, each scored like a search
     candidate (val accuracy after BN re-estimation): what each objective would have picked."""
-    from edgeprune.accuracy_search import AbnConfig, AdaptiveBN
-    from edgeprune.importance import importances
-    from edgeprune.search import search
-    from edgeprune.shapes import fit_shape, uniform
+    from edgeprune.pruning.importance import importances
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN
+    from edgeprune.search.knapsack import search
+    from edgeprune.search.shapes import fit_shape, uniform
     scorer = {c: AdaptiveBN(s.model, s.input_shape, s.data, c, AbnConfig(**cfg["abn"])) for c in ("l1", "lamp", "bn_scale")}
     plans = {"adaptive-bn (edgeprune)": ("l1", chosen), "uniform": ("l1", fit_shape(table, uniform(table), goal_ms, scfg))}
     for crit in ("l1", "lamp", "bn_scale"):  # channels kept by the same criterion the plan used
@@ -127,13 +127,13 @@ def routes(s, table, goal_ms: float, scfg, chosen: dict, cfg: dict) -> dict:
 
 def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
     """(pruned model, details) of one baseline, matched to the reference."""
-    from edgeprune import baselines as b
+    from edgeprune.pruning import baselines as b
     pred = b.predicted_ms(table, s.input_shape)
     if name == "uniform-tp":
         m = b.match(lambda k: b.uniform_model(s.model, s.input_shape, table, k), pred, goal_ms, 0.1, 1.0,
                     s.target, ref, s.input_shape)
     elif name == "uniform-nni":
-        from edgeprune.nni_engine import nni_uniform
+        from edgeprune.pruning.nni_engine import nni_uniform
         m = b.match(lambda k: nni_uniform(s.model, s.input_shape, 1 - k), pred, goal_ms, 0.1, 0.99,
                     s.target, ref, s.input_shape)
     elif name == "global-latency":
@@ -150,12 +150,13 @@ def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
 
 def record(s, out: Path, key: str, name: str, model, table, extra: dict) -> dict:
     """Weights, ONNX, widths, MACs, prediction, paired latency vs edgeprune's model, proxy score."""
-    from edgeprune import baselines as b
-    from edgeprune.accuracy_search import AdaptiveBN
-    from edgeprune.models import save_weights
-    from edgeprune.onnxio import export_onnx
-    from edgeprune.prune import widths_of
     import copy
+
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.pruning import baselines as b
+    from edgeprune.pruning.prune import widths_of
+    from edgeprune.search.accuracy import AdaptiveBN
+    from edgeprune.training.models import save_weights
     stem = f"{key}-{name}"
     weights = save_weights(model, out / "models" / f"{stem}.pt")
     onnx = export_onnx(model, s.input_shape, out / "onnx" / f"{stem}.onnx")
@@ -206,7 +207,8 @@ def _init_worker(cfg: dict) -> None:
 
 def _finetune_task(task: tuple[str, str, int, dict]) -> str:
     import copy
-    from edgeprune.finetune import finetune_pruned
+
+    from edgeprune.training.finetune import finetune_pruned
     key, name, seed, m = task
     s, cfg = _WORKER["s"], _WORKER["cfg"]
     path = Path(cfg["out"]) / "results" / f"{key}-{name}-s{seed}.json"
@@ -281,7 +283,7 @@ def pareto(summary: dict, path: Path) -> None:
     """Fine-tuned accuracy (mean, sd over seeds) against latency, per method. A model's latency
     is edgeprune's interleaved median at that budget times the model's paired ratio to it: on a
     shared host each model's own least-disturbed window can read 20% off the paired ratio."""
-    from edgeprune.plots import Point, pareto_png
+    from edgeprune.reports.plots import Point, pareto_png
     series: dict[str, list] = {}
     anchor = {r["budget"]: r["interleaved_ms"] for r in summary["rows"] if r["method"] == "edgeprune"}
     for r in summary["rows"]:

@@ -13,10 +13,10 @@ import argparse
 
 import numpy as np
 
-from edgeprune.spec import TimingSpec
-from edgeprune.targets import get_target
-from edgeprune.cpus import pinned
-from edgeprune.timing import measure_alternating
+from edgeprune.runtime import get_target
+from edgeprune.runtime.cpus import pinned
+from edgeprune.runtime.spec import TimingSpec
+from edgeprune.runtime.timing import measure_alternating
 
 
 def main() -> None:

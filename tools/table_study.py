@@ -19,17 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.cpus import passive_openmp  # noqa: E402
+from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
 
 passive_openmp()  # before torch loads
 
 
 def collect(args) -> None:
     import torch
-    from edgeprune.groups import analyse
-    from edgeprune.models import build_model
-    from edgeprune.profile import Exporter, ProfileConfig, colour_groups, level_grid, profile_config, random_widths
-    from edgeprune.targets import get_target
+
+    from edgeprune.latency.profile import (
+        Exporter,
+        ProfileConfig,
+        colour_groups,
+        level_grid,
+        profile_config,
+        random_widths,
+    )
+    from edgeprune.pruning.groups import analyse
+    from edgeprune.runtime import get_target
+    from edgeprune.training.models import build_model
     torch.set_num_threads(1)
     target = get_target(args.target)
     shape = (1, 3, args.input_size, args.input_size)
@@ -71,8 +79,8 @@ def collect(args) -> None:
 
 
 def sample_configs(structure, cfg, rng, n: int) -> list[dict[str, int]]:
-    """What profile's calibration draws (edgeprune.profile.sample_widths)."""
-    from edgeprune.profile import sample_widths
+    """What profile's calibration draws (edgeprune.latency.profile.sample_widths)."""
+    from edgeprune.latency.profile import sample_widths
     return sample_widths(structure, cfg, rng, n)
 
 
@@ -101,9 +109,9 @@ def error(pred, meas) -> str:
 
 
 def analyse(path: str, train_sizes: list[int]) -> None:
-    from edgeprune.calibration import Calibration, fit
-    from edgeprune.lut import LatencyTable
-    from edgeprune.profile import layer_entry
+    from edgeprune.latency.calibration import Calibration, fit
+    from edgeprune.latency.profile import layer_entry
+    from edgeprune.latency.table import LatencyTable
     d = json.loads(Path(path).read_text())
     groups, rand = d["groups"], d["random"]
     entries = {n: layer_entry(n, axes, d["levels"], d["design"]) for n, axes in d["layers"].items()}
@@ -137,7 +145,7 @@ def analyse(path: str, train_sizes: list[int]) -> None:
 def by_sampling(raw, widths, meas, a, b, groups, mb, big_mb: float = 25.0, n: int = 20) -> None:
     """The calibration fitted on uniform configurations only (the old sampling) against one
     fitted on the unpruned model plus both kinds: mean error on big and small held-out models."""
-    from edgeprune.calibration import Calibration, fit
+    from edgeprune.latency.calibration import Calibration, fit
     uniform, level = list(range(2, len(meas), 2)), list(range(1, len(meas), 2))
     for name, train in (("uniform only", uniform[:2 * n]), ("unpruned + mixed", [0] + uniform[:n] + level[:n])):
         cal = fit(raw[train], [widths[i] for i in train], meas[train], groups)
@@ -154,7 +162,7 @@ def by_sampling(raw, widths, meas, a, b, groups, mb, big_mb: float = 25.0, n: in
 
 def _fit_extra(raw, widths, meas, groups, extra, n):
     """The calibration's design matrix plus global columns, ridge chosen by LOO on the first n."""
-    from edgeprune.calibration import RIDGE_GRID, _loo_rmspe, _solve
+    from edgeprune.latency.calibration import RIDGE_GRID, _loo_rmspe, _solve
     names = sorted(groups)
     X = np.column_stack([raw, np.ones_like(raw)] + [col for g in names for col in (
         [float(w[g] % 16 == 0) for w in widths], [w[g] / groups[g] for w in widths])] + [extra])

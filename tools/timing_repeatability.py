@@ -11,21 +11,21 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from edgeprune.cpus import passive_openmp
+from edgeprune.runtime.cpus import passive_openmp
 
 passive_openmp()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch
 
-from edgeprune.groups import analyse
-from edgeprune.models import build_model
-from edgeprune.onnxio import export_onnx
-from edgeprune.profile import E2E_TIMING, ProfileConfig, random_widths
-from edgeprune.prune import prune_to_widths
-from edgeprune.spec import TimingSpec
-from edgeprune.targets import get_target
-from edgeprune.timing import _window
+from edgeprune.artifacts.onnxio import export_onnx
+from edgeprune.latency.profile import E2E_TIMING, ProfileConfig, random_widths
+from edgeprune.pruning.groups import analyse
+from edgeprune.pruning.prune import prune_to_widths
+from edgeprune.runtime import get_target
+from edgeprune.runtime.spec import TimingSpec
+from edgeprune.runtime.timing import _window
+from edgeprune.training.models import build_model
 
 NAIVE = TimingSpec(warmup_s=0.05, min_runs=10, min_time_s=0.2, max_time_s=5, windows=1)
 

@@ -1,0 +1,2 @@
+"""Regression checks in CI: baselines, the paired statistics, deploy files, JUnit output.
+"""

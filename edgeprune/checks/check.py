@@ -1,0 +1,368 @@
+"""Performance regression checks: re-measure an artifact on its target, compare with the old one.
+
+What is compared (the statistics are in ``comparison``). A baseline (``--update``) records the
+artifact's numbers *and* a frozen copy of it. A check runs that copy and the new artifact in
+alternating short blocks in one run (``measure_pair``): a model change is judged by the paired
+ratio, which a shared host's drift cannot fool. The copy's latency now against its own recorded
+numbers is the environment's drift since the baseline; it is reported, and judged only with
+``absolute`` (which compares the new artifact with the recorded numbers, for a steady board
+whose image or clock changed). Without a usable copy the comparison is absolute, with a note.
+``--reference OLD`` is the paired comparison with any previous artifact, no baseline file.
+
+A measurement is ``SESSIONS`` fresh runtime sessions (each compiles the model again, so
+per-process effects such as memory placement vary between them) of several windows each. A
+failure (regression or over budget) must be flagged by a first and by a confirming measurement.
+
+The contention guard. Each measurement also records how long the measuring thread was runnable
+but waiting for a CPU (Linux schedstat): a neighbour's work, not the model's. Since contention
+can only add time, a measurement that passes is a pass however busy the machine was; but one
+that fails while it waited for the CPU more than ``MAX_CPU_WAIT`` of the time proves nothing and
+is measured again (``RETRIES`` times at most). A failure never confirmed by undisturbed
+measurements is reported as *inconclusive* (machine too busy), not as a regression.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from edgeprune.checks.baseline import (
+    Baseline,
+    Budget,
+    artifact_metadata,
+    check_same_artifact,
+    default_path,
+    describe_mismatch,
+    file_digest,
+    freeze,
+    frozen_artifact,
+    mismatches,
+    record,
+    resolve_budget,
+)
+from edgeprune.checks.comparison import (  # noqa: F401
+    CONFIDENCE,
+    DEFAULT_TOLERANCE,
+    METHODS,
+    Comparison,
+    compare,
+    compare_paired,
+    latency_of,
+)
+from edgeprune.errors import UsageError
+
+SESSIONS = 2                # sessions per measurement
+CHECK_WINDOWS = 10          # windows per measurement, spread over the sessions
+PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, since each compilation
+PAIRED_WINDOWS = 3          # places the weights anew (session SD 0.5-2%, tools/study_alternation.py)
+BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
+MAX_CPU_WAIT = 0.05         # share of a measurement's time spent waiting for a CPU
+MIN_GUARDED_S = 0.25        # shorter measurements (fake targets) are too short to judge contention
+RETRIES = 2                 # extra measurements to replace disturbed ones
+RETRY_PAUSE_S = 5.0
+VERDICT = (f"regression = ratio > 1 + tolerance and CI above 1, in a first and a confirming "
+           f"measurement, each waiting for the CPU <= {MAX_CPU_WAIT:.0%} of its time")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One measurement (fresh sessions) and its comparison with the baseline."""
+
+    latency_ms: float
+    median_ms: float               # the least-disturbed window's median (what `measure` reports)
+    p90_ms: float
+    windows_ms: tuple[float, ...]
+    samples_ms: tuple[float, ...] = field(default=(), repr=False)
+    cpu_wait: float | None = None  # share of its time the measuring thread waited for a CPU
+    comparison: Comparison | None = None
+    reference_windows_ms: tuple[float, ...] = ()   # the old artifact's, in a paired measurement
+
+    @property
+    def disturbed(self) -> bool:
+        return self.cpu_wait is not None and self.cpu_wait > MAX_CPU_WAIT
+
+    def to_dict(self) -> dict:
+        d = {"latency_ms": round(self.latency_ms, 5), "median_ms": round(self.median_ms, 5),
+             "p90_ms": round(self.p90_ms, 5), "cpu_wait": self.cpu_wait, "disturbed": self.disturbed,
+             "windows_ms": [round(w, 5) for w in self.windows_ms]}
+        if self.reference_windows_ms:
+            d["reference_windows_ms"] = [round(w, 5) for w in self.reference_windows_ms]
+        return {**d, **({"comparison": self.comparison.to_dict()} if self.comparison else {})}
+
+
+@dataclass
+class CheckResult:
+    """The outcome of checking one artifact on one target."""
+
+    artifact: str
+    target: str
+    baseline: str | None = None
+    status: str = "pass"                  # pass | fail | inconclusive | updated | error
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    baseline_ms: float | None = None
+    comparison: Comparison | None = None
+    drift: Comparison | None = None       # the old artifact now vs its recorded numbers (paired checks)
+    regression: bool = False
+    over_budget: bool = False
+    incomparable: dict = field(default_factory=dict)
+    budget: Budget | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"artifact": self.artifact, "target": self.target, "baseline": self.baseline,
+                "status": self.status, "problems": self.problems, "notes": self.notes,
+                "latency_ms": _round(self.latency_ms), "baseline_ms": _round(self.baseline_ms),
+                "comparison": self.comparison.to_dict() if self.comparison else None,
+                "drift": self.drift.to_dict() if self.drift else None,
+                "regression": self.regression, "over_budget": self.over_budget,
+                "incomparable": {k: list(v) for k, v in self.incomparable.items()},
+                "budget_ms": self.budget.ms if self.budget else None,
+                "budget_source": self.budget.source if self.budget else None,
+                "attempts": [a.to_dict() for a in self.attempts], "seconds": round(self.seconds, 2)}
+
+
+def exit_code(results: list[CheckResult]) -> int:
+    """2 if any check could not run, else 1 if any failed or was inconclusive, else 0."""
+    if any(r.status == "error" for r in results):
+        return 2
+    return 1 if any(r.status in ("fail", "inconclusive") for r in results) else 0
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def check_timing(timing):
+    """The target's timing protocol per session, with enough windows for CHECK_WINDOWS in all."""
+    return timing.model_copy(update={"windows": max(timing.windows, -(-CHECK_WINDOWS // SESSIONS))})
+
+
+def cpu_wait_ns() -> int | None:
+    """Nanoseconds this thread has spent runnable but not running (Linux), else None."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def with_cpu_wait(run: Callable[[], list]) -> tuple[list, float | None]:
+    """``run()`` and the share of its wall time this thread waited for a CPU (None: unknown or
+    too short to judge)."""
+    wait0, t0 = cpu_wait_ns(), time.perf_counter()
+    out = run()
+    wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
+    known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
+    return out, (round((wait1 - wait0) / 1e9 / wall, 4) if known else None)
+
+
+def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
+    """One measurement: ``sessions`` fresh sessions of the target, their windows pooled."""
+    lats, wait = with_cpu_wait(lambda: [target.measure(path, timing) for _ in range(sessions)])
+    windows = tuple(w for lat in lats for w in (lat.window_medians_ms or (lat.median_ms,)))
+    best = min(lats, key=lambda lat: lat.median_ms)
+    return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
+
+
+def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = PAIRED_SESSIONS) -> Attempt:
+    """Reference and candidate in alternating short blocks, in ``sessions`` fresh pairs of
+    sessions of ``PAIRED_WINDOWS`` windows; the candidate's Attempt carries the paired comparison."""
+    timing = timing.model_copy(update={"windows": PAIRED_WINDOWS})
+    alts, wait = with_cpu_wait(lambda: [target.measure_alternating(reference, candidate, timing)
+                                        for _ in range(sessions)])
+    ref, cand = ([w for a in alts for w in a.latencies[i].window_medians_ms] for i in (0, 1))
+    comparison = compare_paired([w for a in alts for w in a.log_ratios], latency_of(ref), latency_of(cand),
+                                tolerance)
+    best = min((a.latencies[1] for a in alts), key=lambda lat: lat.median_ms)
+    return Attempt(latency_of(cand), best.median_ms, best.p90_ms, tuple(cand), tuple(best.samples_ms), wait,
+                   comparison, tuple(ref))
+
+
+# --- the check ---------------------------------------------------------------------------------
+
+def run_check(artifact: str, target: str | None = None, baseline: str | None = None,
+              tolerance: float = DEFAULT_TOLERANCE, budget_ms: float | None = None, update: bool = False,
+              allow_mismatch: bool = False, confirm: bool = True, budget_source: str | None = None,
+              baseline_root: str | Path = "profiles", reference: str | None = None,
+              absolute: bool = False) -> CheckResult:
+    """Measure ``artifact`` on ``target`` and compare with its baseline (or, with ``update``,
+    write the baseline). The comparison is paired with the baseline's frozen copy of the old
+    artifact when that can run here, else (or with ``absolute``) against its recorded numbers.
+    Bad input raises UsageError; performance failures are in the result."""
+    from edgeprune.runtime import get_target
+    t0 = time.perf_counter()
+    if not 0 <= tolerance < 1:
+        raise UsageError(f"tolerance must be a fraction in [0, 1), got {tolerance}")
+    path = Path(artifact)
+    meta = artifact_metadata(path)
+    tgt = get_target(target or meta.get("target") or "ort-cpu")
+    bpath = Path(baseline) if baseline else default_path(tgt.spec.name, path, baseline_root)
+    res = CheckResult(str(artifact), tgt.spec.name, str(bpath))
+    res.budget = resolve_budget(budget_ms, tgt.spec, meta, budget_source)
+    fp = tgt.fingerprint()
+    if reference:  # same-run comparison with the previous artifact: no baseline file involved
+        if update or absolute:
+            raise UsageError("--reference compares two artifacts in one run; it takes neither --update nor "
+                             "--absolute")
+        ref = Path(reference)
+        artifact_metadata(ref)  # a missing or corrupt reference is bad input
+        res.baseline = str(ref)
+        res.notes.append(f"same-run comparison with {ref} (alternating blocks in one run)")
+        judge(res, lambda: measure_pair(tgt, ref, path, tgt.spec.timing, tolerance), None, tolerance, confirm)
+        res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
+    elif update:
+        timing = check_timing(tgt.spec.timing)
+        used = _baseline_attempts(res, lambda: measure_attempt(tgt, path, timing))
+        res.baseline_ms = latency_of([w for a in used for w in a.windows_ms])
+        frozen = freeze(path, bpath)
+        record(path, meta, tgt.spec.name, fp, timing.model_dump(), SESSIONS, used, res.baseline_ms,
+               frozen).save(bpath)
+        res.notes.append(f"baseline written to {bpath}, with a frozen copy of the artifact beside it")
+        res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
+    else:
+        if not bpath.is_file():
+            where = f" --baseline {baseline}" if baseline else ""
+            raise UsageError(f"no baseline at {bpath}; create it with: edgeprune check {artifact} "
+                             f"--target {target or tgt.spec.name}{where} --update")
+        base = Baseline.load(bpath)
+        check_same_artifact(base, path, bpath)
+        res.baseline_ms = float(base.latency["latency_ms"])
+        _describe_baseline(res, base, path, fp, allow_mismatch)
+        timing = _timing(base, bpath)
+        old = None if absolute or res.incomparable else frozen_artifact(base, bpath, res.notes)
+        if old is not None:  # the baseline's own artifact runs here: compare in one run
+            judge(res, lambda: measure_pair(tgt, old, path, timing, tolerance), None, tolerance, confirm)
+            _note_drift(res, base, tolerance)
+        else:
+            if not absolute and not res.incomparable:
+                res.notes.append("absolute comparison with the baseline's recorded numbers: on a shared "
+                                 "host its drift between the two dates is part of the ratio")
+            judge(res, lambda: measure_attempt(tgt, path, timing, base.sessions),
+                  base.windows if allow_mismatch or not res.incomparable else None, tolerance, confirm)
+    res.latency_ms = res.baseline_ms if update else min(a.latency_ms for a in res.attempts)
+    if res.budget is None:
+        res.notes.append("no budget (none given, none in the target file for this model)")
+    if res.over_budget:
+        over = res.latency_ms if update else min(a.latency_ms for a in res.attempts if _over(res.budget, a))
+        res.problems.append(f"over budget: {over:.4f} ms > {res.budget.ms:.4f} ms ({res.budget.source})")
+    if res.status != "inconclusive":
+        res.status = "fail" if res.problems else ("updated" if update else "pass")
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def judge(res: CheckResult, measure: Callable[[], Attempt], baseline_windows, tolerance: float,
+          confirm: bool = True) -> None:
+    """Measure until the verdict is settled: a pass as soon as one measurement passes; a failure
+    once ``2`` (``1`` without ``confirm``) undisturbed measurements flag it; else inconclusive."""
+    needed, clean = (2 if confirm else 1), []
+    for i in range(needed + RETRIES):
+        if i and res.attempts[-1].disturbed:
+            time.sleep(RETRY_PAUSE_S)
+        a = measure()
+        if baseline_windows is not None:
+            a = replace(a, comparison=compare(baseline_windows, a.windows_ms, tolerance))
+        res.attempts.append(a)
+        if not _flagged(a, res.budget):
+            break
+        if not a.disturbed:
+            clean.append(a)
+            if len(clean) == needed:
+                break
+    last = res.attempts[-1]
+    res.comparison = last.comparison
+    disturbed = [x for x in res.attempts if x.disturbed]
+    if disturbed:
+        res.notes.append(f"{len(disturbed)} of {len(res.attempts)} measurements waited for the CPU more than "
+                         f"{MAX_CPU_WAIT:.0%} of the time (up to {max(x.cpu_wait for x in disturbed):.0%}): "
+                         "a busy machine, so they could not prove a failure")
+    if not _flagged(last, res.budget):
+        if len(res.attempts) > 1:
+            now = f": now {res.comparison.describe()}" if res.comparison else ""
+            res.notes.append(f"an earlier measurement failed, the last one passed{now}")
+        elif res.comparison and res.comparison.faster:
+            res.notes.append(f"faster than the baseline: {res.comparison.describe()}; consider --update")
+        return
+    if len(clean) < needed:
+        res.status = "inconclusive"
+        what = (res.comparison.describe() if res.comparison and res.comparison.regression
+                else f"{last.latency_ms:.4f} ms against a budget of {res.budget.ms:.4f} ms")
+        res.problems.append(f"inconclusive: the machine stayed too busy to confirm the failure ({what}); "
+                            "run again when it is quieter")
+        return
+    res.regression = all(x.comparison is not None and x.comparison.regression for x in clean)
+    res.over_budget = all(_over(res.budget, x) for x in clean)
+    if res.regression:
+        how = " in both measurements" if needed > 1 else ""
+        res.problems.append(f"regression{how}: {clean[-1].comparison.describe()}")
+
+
+def _baseline_attempts(res: CheckResult, measure: Callable[[], Attempt]) -> list[Attempt]:
+    """BASELINE_MEASUREMENTS undisturbed measurements if the machine allows, else the least
+    disturbed ones with a warning (a slow baseline hides regressions)."""
+    for _ in range(BASELINE_MEASUREMENTS + RETRIES):
+        res.attempts.append(measure())
+        clean = [a for a in res.attempts if not a.disturbed]
+        if len(clean) >= BASELINE_MEASUREMENTS:
+            return clean[:BASELINE_MEASUREMENTS]
+        if res.attempts[-1].disturbed:
+            time.sleep(RETRY_PAUSE_S)
+    used = sorted(res.attempts, key=lambda a: a.latency_ms)[:BASELINE_MEASUREMENTS]  # least slowed
+    res.notes.append(f"WARNING: recorded on a busy machine (waited for the CPU up to "
+                     f"{max(a.cpu_wait or 0 for a in used):.0%} of the time): the baseline may be too slow "
+                     "and hide regressions; record it again when the machine is quiet")
+    return used
+
+
+def _flagged(a: Attempt, budget: Budget | None) -> bool:
+    return (a.comparison is not None and a.comparison.regression) or _over(budget, a)
+
+
+def _over(budget: Budget | None, a: Attempt) -> bool:
+    return budget is not None and a.latency_ms > budget.ms
+
+
+def _timing(base: Baseline, bpath: Path):
+    from pydantic import ValidationError
+
+    from edgeprune.runtime.spec import TimingSpec
+    try:
+        return TimingSpec.model_validate(base.timing)
+    except ValidationError as e:
+        raise UsageError(f"baseline {bpath} has an invalid timing block: {e.errors()[0]['msg']}") from None
+
+
+def _describe_baseline(res: CheckResult, base: Baseline, path: Path, fp: dict, allow_mismatch: bool) -> None:
+    res.notes.append(f"baseline of {base.created}, {base.fingerprint.get('runtime')} "
+                     f"{base.fingerprint.get('runtime_version')}, {len(base.windows)} windows")
+    waits = [w for w in base.latency.get("cpu_wait") or [] if w is not None]
+    if waits and max(waits) > MAX_CPU_WAIT:
+        res.notes.append(f"WARNING: the baseline was recorded on a busy machine (waited for the CPU up to "
+                         f"{max(waits):.0%} of the time): it may be too slow and hide regressions")
+    if base.artifact.get("sha256") and base.artifact["sha256"] != file_digest(path):
+        res.notes.append(f"the artifact changed since the baseline (recorded for {base.artifact.get('path')})")
+    res.incomparable = mismatches(base.fingerprint, fp)
+    if res.incomparable:
+        what = describe_mismatch(res.incomparable)
+        if allow_mismatch:
+            res.notes.append(f"compared despite a different setup (--allow-mismatch): {what}")
+        else:
+            res.problems.append(f"incomparable baseline, measured under other conditions ({what}); "
+                                f"compare anyway with --allow-mismatch, or re-create it with --update")
+
+
+def _note_drift(res: CheckResult, base: Baseline, tolerance: float) -> None:
+    """How the old artifact's latency now compares with its recorded numbers: the environment's
+    drift since the baseline (host, clock, image), shown but not judged (``--absolute`` judges)."""
+    now = [w for a in res.attempts for w in a.reference_windows_ms]
+    if now:
+        drift = res.drift = compare(base.windows, now, tolerance)
+        res.notes.append(f"environment drift, not judged without --absolute: the baseline's own artifact now "
+                         f"measures {drift.ratio:.3f}× its recorded latency (CI [{drift.low:.3f}, {drift.high:.3f}])")
+
+
+def _round(x: float | None, digits: int = 5) -> float | None:
+    return None if x is None else round(x, digits)

@@ -1,0 +1,2 @@
+"""Run reports (JSON, Markdown, terminal) and their charts.
+"""

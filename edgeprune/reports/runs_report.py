@@ -1,0 +1,48 @@
+"""``edgeprune report RUN...``: re-render each prune run's report (with its charts), and put
+several runs on one accuracy-against-measured-latency plot, one series per objective × target."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.artifacts.onnxio import atomic_write
+from edgeprune.reports.report import (
+    fmt_ms,
+    fmt_pct,
+    fmt_speedup,
+    md_table,
+    write_charts,
+    write_report,
+)
+from edgeprune.runs import read_run
+
+
+def series_name(r: dict) -> str:
+    return f"{(r.get('search') or {}).get('objective') or 'edgeprune'} · {r.get('target')}"
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Refresh every run's report.md and charts; write OUT/pareto.png and OUT/report.md."""
+    from edgeprune.reports.plots import Point, pareto_png
+    reports = [read_run(run, finished=False) for run in runs]  # all read before anything is written
+    out = Path(out)
+    series: dict[str, list] = {}
+    for run, r in zip(runs, reports):
+        r["charts"] = write_charts(r, run)
+        write_report(r, run)
+        if r.get("measured_ms") is not None and r.get("accuracy_after") is not None:
+            series.setdefault(series_name(r), []).append(
+                Point(r["measured_ms"], r["accuracy_after"], label=f"{Path(run).name}"))
+        if r.get("baseline_ms") is not None and r.get("accuracy_before") is not None:
+            series.setdefault(f"unpruned · {r.get('target')}", []).append(Point(r["baseline_ms"], r["accuracy_before"]))
+    series = {k: list({(p.latency_ms, p.accuracy): p for p in v}.values()) for k, v in series.items()}
+    pareto_png(series, out / "pareto.png", "accuracy against measured latency")
+    rows = [(f"[{Path(run).name}]({Path(run).resolve() / 'report.md'})", str(r.get("model")), str(r.get("target")),
+             series_name(r).split(" · ")[0], fmt_ms(r.get("budget_ms")), fmt_ms(r.get("measured_ms")),
+             fmt_speedup(r.get("speedup")), fmt_pct(r.get("accuracy_before")), fmt_pct(r.get("accuracy_after")))
+            for run, r in zip(runs, reports)]
+    lines = ["# edgeprune runs", "", "![accuracy against measured latency](pareto.png)", "",
+             *md_table(("run", "model", "target", "objective", "budget", "measured", "speed-up",
+                        "accuracy before", "accuracy after"), rows)]
+    with atomic_write(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out / "report.md"

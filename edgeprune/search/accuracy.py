@@ -1,0 +1,252 @@
+"""Budget -> widths chosen by *measured* accuracy (adaptive BatchNorm, EagleEye, ECCV'20).
+
+Why not kept importance: L1 mass is not comparable across layers, and maximising its sum kept
+ResNet-18's stem and layer4 whole while cutting layer2 to a quarter; at equal measured latency
+that lost to a uniform prune in every seed (issue 9). EagleEye showed that a pruned model's
+accuracy right after re-estimating its BatchNorm statistics on a few training batches ranks
+candidates much like their accuracy after fine-tuning, at a fraction of the cost.
+
+The search: every candidate is a shape (``edgeprune.search.shapes``) scaled by the latency table to
+the budget, so all of them spend the same predicted time. The pool starts with the uniform
+shape (so the result is never worse than the uniform prune on this score), the kept-importance
+plan, and random shapes; then mutations of the best few refine it. Each candidate is pruned
+from a copy of the model, BN-recalibrated on ``calib_batches`` training batches and scored on
+the held-out validation split. The best shape is what the closed loop rescales if the measured
+latency asks it to tighten.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgeprune.latency.table import LatencyTable
+from edgeprune.search.knapsack import SearchConfig, SearchResult, search
+from edgeprune.search.shapes import (
+    Shape,
+    fit_shape,
+    mutate,
+    random_shape,
+    shape_of,
+    uniform,
+)
+
+
+@dataclass
+class AbnConfig:
+    """How many candidates, and how each is scored. Every candidate is screened cheaply; the
+    best ``finalists`` (and the uniform and kept-importance plans) are scored on more images,
+    and the best of those wins (successive halving: most of the time goes to contenders)."""
+
+    samples: int = 32          # random shapes
+    refine: int = 16           # mutations of the best screened shapes
+    parents: int = 4           # ... drawn from this many best
+    finalists: int = 6         # screened best that get the full score
+    screen_batches: int = 3    # screening: BN re-estimated on this many training batches
+    screen_samples: int = 300  # ... and scored on this many validation images
+    calib_batches: int = 10    # full score: training batches for BN re-estimation
+    batch_size: int = 64
+    eval_samples: int = 1000   # ... and validation images
+    seed: int = 0
+
+    def __post_init__(self):
+        low = {k: v for k, v in (("candidates", self.samples), ("refine", self.refine), ("finalists", self.finalists),
+                                 ("search-seed", self.seed)) if v < 0}
+        low.update({k: v for k, v in (("parents", self.parents), ("screen_batches", self.screen_batches),
+                                      ("screen_samples", self.screen_samples), ("calib_batches", self.calib_batches),
+                                      ("batch_size", self.batch_size), ("eval_samples", self.eval_samples)) if v < 1})
+        if low:
+            from edgeprune.errors import UsageError
+            raise UsageError("accuracy search: " + ", ".join(f"{k} {v} is out of range" for k, v in low.items())
+                             + " (candidates, refine, search-seed >= 0; batches and sample counts >= 1)")
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float
+    loss: float
+
+    def key(self) -> tuple[float, float]:
+        return (self.accuracy, -self.loss)
+
+
+@dataclass
+class Candidate:
+    origin: str                 # uniform, importance, random, mutation; "rescaled <origin>"
+    budget_ms: float            # the (predicted) budget it was scaled to
+    shape: Shape
+    widths: dict[str, int]
+    predicted_ms: float
+    screen: Score                       # the cheap score every candidate gets
+    final: Score | None = None          # the full score, for finalists
+
+    @property
+    def score(self) -> Score:
+        return self.final or self.screen
+
+    def to_dict(self) -> dict:
+        d = {"origin": self.origin, "budget_ms": round(self.budget_ms, 5), "widths": self.widths,
+             "predicted_ms": round(self.predicted_ms, 5), "screen_accuracy": round(self.screen.accuracy, 5)}
+        if self.final is not None:
+            d.update(accuracy=round(self.final.accuracy, 5), loss=round(self.final.loss, 5))
+        return d
+
+
+class AdaptiveBN:
+    """Scores widths: prune a copy, re-estimate BN on fixed training batches, evaluate on val.
+
+    The batches are drawn once, so every candidate sees the same images and differences
+    between candidates are not sampling noise."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], data, importance: str = "l1",
+                 cfg: AbnConfig | None = None):
+        self.cfg = cfg = cfg or AbnConfig()
+        self.model, self.input_shape, self.importance = model, input_shape, importance
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x, _ = data.train.tensors
+        idx = torch.randperm(len(x), generator=gen)[: cfg.calib_batches * cfg.batch_size]
+        self.calib = [x[idx[i:i + cfg.batch_size]] for i in range(0, len(idx), cfg.batch_size)]
+        vx, vy = data.val.tensors
+        vidx = torch.randperm(len(vx), generator=gen)[: cfg.eval_samples]
+        self.val = (vx[vidx], vy[vidx])
+        self.cache: dict[tuple, Score] = {}
+
+    def __call__(self, widths: dict[str, int], screen: bool = False) -> Score:
+        key = (tuple(sorted(widths.items())), screen)
+        if key not in self.cache:
+            from edgeprune.pruning.prune import prune_to_widths
+            pruned = prune_to_widths(self.model, self.input_shape, widths, self.importance)
+            self.cache[key] = self.score(pruned, screen)
+        return self.cache[key]
+
+    def score(self, model: nn.Module, screen: bool = False) -> Score:
+        """Accuracy and loss of ``model`` (changed in place) after BN re-estimation."""
+        cfg = self.cfg
+        recalibrate(model, self.calib[: cfg.screen_batches] if screen else self.calib)
+        model.eval()
+        correct, loss = 0, 0.0
+        x, y = self.val
+        if screen:
+            x, y = x[: cfg.screen_samples], y[: cfg.screen_samples]
+        with torch.no_grad():
+            for i in range(0, len(y), 250):
+                logits = model(x[i:i + 250])
+                correct += int((logits.argmax(1) == y[i:i + 250]).sum())
+                loss += float(nn.functional.cross_entropy(logits, y[i:i + 250], reduction="sum"))
+        return Score(correct / max(1, len(y)), loss / max(1, len(y)))
+
+
+def recalibrate(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """BN running statistics re-estimated as the plain average over ``batches``."""
+    from edgeprune.training.finetune import recalibrate_bn
+    recalibrate_bn(model, [(b, None) for b in batches], len(batches))
+
+
+@dataclass
+class AbnResult:
+    best: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def by_origin(self, origin: str) -> Candidate | None:
+        found = [c for c in self.candidates if c.origin == origin]
+        return max(found, key=lambda c: c.score.key()) if found else None
+
+    @property
+    def degenerate(self) -> bool:
+        """All candidates came out as the same widths (a budget the unpruned model fits)."""
+        return len({tuple(sorted(c.widths.items())) for c in self.candidates}) < 2
+
+
+def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: SearchConfig,
+               importance_scores: dict[str, np.ndarray] | None = None) -> AbnResult:
+    """The best-scoring candidate among shapes scaled to ``budget_ms`` (see the module doc)."""
+    t0 = time.perf_counter()
+    acfg = scorer.cfg
+    rng = np.random.default_rng(acfg.seed)
+    pool: list[Candidate] = []
+
+    def add(origin: str, shape: Shape) -> None:
+        widths = fit_shape(table, shape, budget_ms, cfg)
+        pool.append(Candidate(origin, budget_ms, shape_of(table, widths), widths, table.predict(widths),
+                              scorer(widths, screen=True)))
+
+    add("uniform", uniform(table))
+    if importance_scores is not None:
+        planned = search(table, importance_scores, budget_ms, cfg).widths
+        add("importance", shape_of(table, planned))
+    for _ in range(acfg.samples):
+        add("random", random_shape(table, rng, cfg.min_ratio))
+    for _ in range(acfg.refine):
+        parents = sorted(pool, key=lambda c: c.screen.key(), reverse=True)[: acfg.parents]
+        add("mutation", mutate(parents[rng.integers(len(parents))].shape, rng))
+    ranked = sorted(pool, key=lambda c: c.screen.key(), reverse=True)
+    finalists = [c for c in pool if c.origin in ("uniform", "importance")] + ranked[: acfg.finalists]
+    for c in finalists:
+        c.final = scorer(c.widths)
+    best = max(finalists, key=lambda c: c.final.key())
+    return AbnResult(best, pool, time.perf_counter() - t0)
+
+
+class ShapePlanner:
+    """The closed loop's planner for the accuracy objective. A budget within ``RESEARCH`` of one
+    already searched rescales that search's finalists and keeps the best of them (a few full
+    scores); a budget further away is searched anew. The best shape does not survive scaling:
+    EfficientNet-Lite0 at 35% (issue 9, BENCHMARKS.md), the search at 0.295 ms found 70.6%; its
+    finalists scaled to 0.260 ms scored at most 44.8% (uniform 46.0%), where a new search found
+    56.6% in about 3 minutes. A search whose candidates all came out the same (the table said
+    the unpruned model fits; the loop's measurement then said it does not) never stands for
+    another budget."""
+
+    objective = "adaptive-bn"
+    RESEARCH = 0.05
+
+    def __init__(self, table: LatencyTable, scorer: AdaptiveBN, cfg: SearchConfig,
+                 importance_scores: dict[str, np.ndarray] | None = None):
+        self.table, self.scorer, self.cfg, self.scores = table, scorer, cfg, importance_scores
+        self.searches: list[tuple[float, AbnResult]] = []
+        self.rescaled: list[Candidate] = []  # finalists re-scored at the budgets the loop moved to
+
+    @property
+    def result(self) -> AbnResult | None:
+        """The latest search (its candidates go into the report)."""
+        return self.searches[-1][1] if self.searches else None
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return [c for _, r in self.searches for c in r.candidates] + self.rescaled
+
+    def _rescale(self, found: AbnResult, budget_ms: float) -> dict[str, int]:
+        """The search's finalists scaled to ``budget_ms`` and scored again; the best wins.
+
+        Scaling moves narrow groups by whole rounding steps, so the best shape at one budget
+        need not be the best a few percent lower. EfficientNet-Lite0 at 35% (issue 9,
+        tools/rescale_study.py): the best shape scored 70.6% at the searched budget; scaled 8%
+        lower, no finalist scored above 49.3%, and the uniform shape 54.3%. Re-scoring the
+        finalists costs a handful of full scores."""
+        rescored = []
+        for c in (c for c in found.candidates if c.final is not None):
+            widths = fit_shape(self.table, c.shape, budget_ms, self.cfg)
+            score = self.scorer(widths)
+            rescored.append(Candidate(f"rescaled {c.origin}", budget_ms, c.shape, widths,
+                                      self.table.predict(widths), score, score))
+        self.rescaled += rescored
+        return max(rescored, key=lambda c: c.final.key()).widths
+
+    def __call__(self, budget_ms: float) -> SearchResult:
+        t0 = time.perf_counter()
+        near = [(abs(b / budget_ms - 1), r) for b, r in self.searches
+                if abs(b / budget_ms - 1) <= self.RESEARCH and not r.degenerate]
+        if near:
+            widths = self._rescale(min(near, key=lambda x: x[0])[1], budget_ms)
+        else:
+            found = abn_search(self.table, self.scorer, budget_ms, self.cfg, self.scores)
+            self.searches.append((budget_ms, found))
+            widths = found.best.widths
+        return SearchResult(widths, self.table.predict(widths), budget_ms, self.table.predict(self.table.groups),
+                            kept_importance=float("nan"), steps=len(self.candidates),
+                            seconds=time.perf_counter() - t0, objective=self.objective,
+                            proxy_accuracy=self.scorer(widths).accuracy)

@@ -1,0 +1,2 @@
+"""Data, models, fine-tuning with distillation, and the metrics they are scored with.
+"""
