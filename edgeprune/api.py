@@ -60,7 +60,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     the model; profiles first if no table exists). ``objective``: ``adaptive-bn`` (the default
     when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
     ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
-    from edgeprune.pipeline import OBJECTIVES, resolve_budget
+    from edgeprune.pipeline import OBJECTIVES, prune_budget_ms
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
     objective = objective or ("adaptive-bn" if s.data is not None else "importance")
     if objective not in OBJECTIVES:
@@ -71,7 +71,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     if objective == "adaptive-bn" and not s.trained:
         raise UsageError(f"the adaptive-bn objective scores a trained model: pass --weights for {model} "
                          "(prune trains a baseline itself)")
-    budget_ms = resolve_budget(budget_ms, s)
+    budget_ms = prune_budget_ms(budget_ms, s)
     cfg, table = s.search_config(config or SearchConfig()), s.table()
     if objective == "importance":
         return _search(table, s.scores(), budget_ms, cfg)
@@ -112,7 +112,7 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
     IRs of a prune run's model: latency on the OpenVINO ``target`` measured interleaved,
     accuracy/F1 on the test set, file size. Writes ``run``/model-int8.xml, precisions.json and
     precisions.md; returns precisions.json's content."""
-    from edgeprune.artifacts.precisions import PrecisionJob, compare_precisions
+    from edgeprune.artifacts.quantize import PrecisionJob, compare_precisions
     return compare_precisions(PrecisionJob(Path(run), target, data, data_root, calibration_samples,
                                            test_samples, preset, seed))
 

@@ -158,7 +158,7 @@ def cmd_export(a) -> int:
 
 def cmd_quantize(a) -> int:
     from edgeprune.api import quantize
-    from edgeprune.artifacts.precisions import render_markdown
+    from edgeprune.artifacts.quantize import render_markdown
     r = quantize(a.run, a.target, a.data, a.data_root, a.calibration_samples, a.test_samples, a.preset, a.seed)
     if a.json:
         print(json.dumps(r, indent=2))

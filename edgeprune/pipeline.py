@@ -79,7 +79,7 @@ def run_prune(job: PruneJob) -> dict:
         raise unknown("search objective", job.objective, OBJECTIVES)
     with stages("setup"):
         s = Session.open(job.session)
-        budget = resolve_budget(job.budget_ms, s)
+        budget = prune_budget_ms(job.budget_ms, s)
         # the channels kept are those the plan ranked by (issue 9: pruning used to fall back to L1)
         job = replace(job, loop=replace(job.loop, importance=s.cfg.importance))
     with stages("profile"):
@@ -189,7 +189,7 @@ def split_epochs(total: int, steps: int) -> list[int]:
     return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
 
 
-def resolve_budget(budget_ms: float | None, s: "Session") -> float:
+def prune_budget_ms(budget_ms: float | None, s: "Session") -> float:
     if budget_ms is None:
         budget_ms = s.spec.budget_for(s.cfg.model)
         if budget_ms is None:

@@ -28,14 +28,14 @@ def assert_latency(model_or_onnx, target: str | None = None, budget_ms: float | 
     """Measure ``model_or_onnx`` (an ONNX/.ort file, a model name edgeprune knows, or an
     ``nn.Module``) on ``target`` and raise AssertionError if its latency exceeds ``budget_ms``
     (default: the target file's budget for the model). Returns the measured latency in ms."""
-    from edgeprune.checks.baseline import resolve_budget
+    from edgeprune.checks.baseline import check_budget
     from edgeprune.checks.check import CheckResult, check_timing, judge, measure_attempt
     from edgeprune.errors import UsageError
     from edgeprune.runtime import get_target
     tgt = get_target(target or DEFAULT_TARGET)
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         path, meta, label = _artifact(model_or_onnx, tgt.spec, input_size, Path(tmp))
-        budget = resolve_budget(budget_ms, tgt.spec, meta, "budget_ms=" if budget_ms is not None else None)
+        budget = check_budget(budget_ms, tgt.spec, meta, "budget_ms=" if budget_ms is not None else None)
         if budget is None:
             raise UsageError(f"no budget for {label} on {tgt.spec.name}: pass budget_ms= or add it to "
                              f"the target file's budgets_ms")

@@ -50,7 +50,7 @@ def int8_tolerance() -> float:
     """INT8 accuracy loss allowed for this 8-16 channel model: within 4 points on CPUs with VNNI
     (measured 0.8 points); on AVX2 without VNNI OpenVINO's INT8 kernels lose more even with
     NNCF's overflow fix (measured 93.1% -> 84.2%, 2026-11-30), so 12 points there."""
-    from edgeprune.artifacts.quantize import VNNI_FLAGS
+    from edgeprune.artifacts.int8 import VNNI_FLAGS
     from edgeprune.runtime.base import host_fingerprint
     return 0.04 if VNNI_FLAGS & set(host_fingerprint()["host_isa"]) else 0.12
 
@@ -65,7 +65,7 @@ def quantized(tmp_path_factory):
 
 def test_quantize_writes_an_int8_ir_with_the_runs_metadata(quantized):
     from edgeprune.artifacts.export import read_metadata
-    from edgeprune.artifacts.quantize import quantized_ops
+    from edgeprune.artifacts.int8 import quantized_ops
     r, run = quantized["cli"], quantized["run"]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -110,7 +110,7 @@ def test_precisions_json_compares_three_precisions(quantized):
 
 def test_fp32_ir_accuracy_matches_pytorch(quantized):
     """evaluate_ir reports what metrics.evaluate reports for the same model and images."""
-    from edgeprune.artifacts.precisions import evaluate_ir
+    from edgeprune.artifacts.quantize import evaluate_ir
     from edgeprune.pruning.prune import prune_to_widths
     from edgeprune.training.data import DataConfig, load_data
     from edgeprune.training.metrics import evaluate
@@ -125,7 +125,7 @@ def test_fp32_ir_accuracy_matches_pytorch(quantized):
 
 
 def test_quantize_ir_refuses_bad_calibration_and_leaves_nothing(quantized, tmp_path):
-    from edgeprune.artifacts.quantize import quantize_ir
+    from edgeprune.artifacts.int8 import quantize_ir
     from edgeprune.errors import UsageError
     out = tmp_path / "q.xml"
     with pytest.raises(UsageError, match="shape"):
@@ -152,7 +152,7 @@ def test_bad_input_exits_2_and_writes_nothing(quantized, tmp_path, capsys, case)
 
 
 def test_the_target_chosen_for_a_non_openvino_run_is_said(capsys):
-    from edgeprune.artifacts.precisions import resolve_target
+    from edgeprune.artifacts.quantize import resolve_target
     assert resolve_target(None, {"target": "ort-cpu"}) == "openvino-cpu"
     assert "pruned for 'ort-cpu', not an OpenVINO target; comparing precisions on openvino-cpu" in capsys.readouterr().err
     assert resolve_target(None, {"target": "openvino-cpu"}) == "openvino-cpu"

@@ -1,225 +1,218 @@
-"""INT8 post-training quantization of an OpenVINO model with NNCF, calibrated on training images.
+"""FP32, FP16 and INT8 of a pruned model compared on its OpenVINO target: latency measured
+interleaved in one run (so the ratios are fair on a shared machine), accuracy and macro F1 on
+the same test images run through the target itself, and file size.
 
-``quantize_ir`` reads an ONNX file or an IR (.xml), runs ``nncf.quantize`` over a calibration
-set (a seeded subset of the *training* split: the test split stays unseen), and writes an INT8
-IR whose FakeQuantize ranges come from those images. Like ``edgeprune.artifacts.export``, everything is
-written in a hidden work directory beside the output and moved into place (the .bin first, then
-the .xml that names it) only after the IR loads again, runs, gives finite outputs of the
-source's shape and holds quantized operations; the source's ``edgeprune`` metadata is copied
-into its rt_info with the quantization settings added. nncf and openvino are imported lazily.
+``compare_precisions(run_dir)`` rebuilds the pruned model from a prune output directory
+(``report.json`` widths + ``model.pt``), writes the IRs beside it (the run's own FP32 IR
+``model.xml`` is reused when it has one; ``model-fp16.xml``; ``model-int8.xml`` quantized with
+NNCF on a seeded subset of the training split) and ``precisions.json`` + ``precisions.md``.
+Every input is checked before anything is written; each file lands whole (written, then renamed).
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
-import logging
 import os
-import shutil
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+import torch.nn.functional as F
 
-from edgeprune.errors import EdgepruneError, MissingBackend, UsageError
+from edgeprune.artifacts.int8 import (
+    DEFAULT_SAMPLES,
+    PRESETS,
+    calibration_loader,
+    import_nncf,
+    quantize_ir,
+    quantized_ops,
+    require_nncf,
+)
+from edgeprune.errors import UsageError
+from edgeprune.runs import read_run
+from edgeprune.training.metrics import Metrics, confusion_matrix, from_confusion
 
-DEFAULT_SAMPLES = 300
-PRESETS = ("performance", "mixed")  # symmetric / asymmetric activations (NNCF's presets)
-QUANTIZED_OPS = ("FakeQuantize", "FakeConvert")
-INT8_TYPES = ("i8", "u8")
-CHECK_INPUTS = 3  # calibration inputs the written IR is run on before it is moved into place
-
-
-def require_nncf() -> None:
-    """MissingBackend (with the install hint) unless openvino and nncf can both be imported."""
-    for package in ("openvino", "nncf"):
-        if importlib.util.find_spec(package) is None:
-            raise MissingBackend(package, "openvino", what="INT8 quantization")
-
-
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def overflow_fix(nncf):
-    """NNCF's overflow fix for every layer on x86 CPUs without VNNI, else its default (first
-    layer only). Without VNNI, u8×s8 products are summed in saturating 16-bit lanes; 7-bit
-    weights avoid the saturation. Measured on a 2-core AVX2 host (tests/test_quantize.py's
-    tiny_resnet): INT8 78.3% → 84.2% (FP32 93.1%; BENCHMARKS.md)."""
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        OverflowFix,
-    )
-
-    from edgeprune.runtime.base import host_fingerprint
-    host = host_fingerprint()
-    x86 = host["host_arch"] in ("x86_64", "AMD64")
-    fix = OverflowFix.ENABLE if x86 and not VNNI_FLAGS & set(host["host_isa"]) else OverflowFix.FIRST_LAYER
-    return AdvancedQuantizationParameters(overflow_fix=fix)
+DEFAULT_TARGET = "openvino-cpu"
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_KINDS = {"fp32": "openvino", "fp16": "openvino-fp16"}
 
 
-def import_nncf():
-    """nncf, its own log lowered to errors (INFO by default); MissingBackend when absent."""
+@dataclass
+class PrecisionJob:
+    """Everything ``edgeprune quantize`` takes."""
+
+    run: Path
+    target: str | None = None          # None: the run's own target when it is OpenVINO, else openvino-cpu
+    data: str | None = None            # None: the run's dataset
+    data_root: str | None = None
+    calibration_samples: int = DEFAULT_SAMPLES
+    test_samples: int | None = None    # None: the whole test split
+    preset: str = "performance"
+    seed: int = 0
+
+
+def evaluate_ir(path: str | os.PathLike, loader, num_classes: int, target=None) -> Metrics:
+    """Accuracy, macro precision/recall/F1 and loss of an OpenVINO IR (or ONNX file) over
+    ``loader``, run by ``target`` (default openvino-cpu) as it is deployed and measured: same
+    device, threads and inference precision, at the model's own static batch size."""
+    if target is None:
+        from edgeprune.runtime import get_target
+        from edgeprune.runtime.spec import load_spec
+        target = get_target(load_spec(DEFAULT_TARGET))
+    compiled = target.compile(path)
+    batch = compiled.example.shape[0]
+    cm, loss_sum, n, k = None, 0.0, 0, num_classes
+    for x, y in loader:
+        logits = torch.from_numpy(_run_batched(compiled, x.numpy().astype(np.float32), batch))
+        k = max(k, logits.shape[1])  # a wider head may predict extra classes
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        n += len(y)
+        part = confusion_matrix(y, logits.argmax(1), k)
+        cm = part if cm is None else cm + part
+    if cm is None:
+        cm = torch.zeros(k, k, dtype=torch.long)
+    return from_confusion(cm, loss_sum / n if n else float("nan"))
+
+
+def compare_precisions(job: PrecisionJob) -> dict:
+    """Write the three IRs, measure and evaluate them; returns what precisions.json holds."""
+    from edgeprune.artifacts.export import export_artifact, read_metadata
+    from edgeprune.session import Session, SessionConfig
+
+    run = Path(job.run)
+    report = read_run(run)
+    target = resolve_target(job.target, report)
     require_nncf()
-    with _quiet():
-        import nncf
-    nncf.set_log_level(logging.ERROR)
-    return nncf
+    if job.calibration_samples < 1:
+        raise UsageError(f"--calibration-samples must be >= 1, got {job.calibration_samples}")
+    if job.preset not in PRESETS:
+        raise UsageError(f"unknown preset {job.preset!r}; expected one of {', '.join(PRESETS)}")
+    s = Session.open(SessionConfig(
+        model=report["model"], target=target, input_size=report.get("input_size"), data=run_data(job, report),
+        data_root=job.data_root, train_samples=job.calibration_samples, test_samples=job.test_samples,
+        progress=False))
+    model = s.pruned(report["widths"], run / "model.pt")
+    meta = {k: v for k, v in read_metadata(run / "model.onnx").items() if k != "edgeprune_version"}
+    paths = artifact_paths(run, report)
+    for p in EXPORT_KINDS:
+        if paths[p].name != "model.xml":  # the run's own device IR is reused as it is
+            export_artifact(model, EXPORT_KINDS[p], paths[p], s.input_shape, meta)
+    calib = calibration_loader(s.data.train, job.calibration_samples, job.seed, s.input_shape[0])
+    quantize_ir(paths["fp32"], calib, paths["int8"], job.calibration_samples, job.preset,
+                {"calibration_split": "train", "calibration_seed": job.seed})
+    latencies = s.target.measure_many([paths[p] for p in PRECISIONS])
+    test = s.data.loader("test")
+    metrics = {p: evaluate_ir(paths[p], test, s.data.num_classes, s.target) for p in PRECISIONS}
+    rows = [_row(p, paths[p], latencies[i], metrics[p], latencies[0], metrics["fp32"])
+            for i, p in enumerate(PRECISIONS)]
+    result = {
+        "model": report["model"], "target": s.spec.name, "run": str(run), "input_shape": list(s.input_shape),
+        "data": s.data.name, "test_images": metrics["fp32"].n, "calibration_images": len(calib.dataset),
+        "calibration": {"split": "train", "seed": job.seed, "preset": job.preset},
+        "inference_precision": s.spec.precision, "interleaved": True, "rows": rows,
+        "int8_ops": quantized_ops(paths["int8"]),
+        "versions": {"runtime": s.target.runtime_version(), "nncf": import_nncf().__version__},
+        "fingerprint": s.target.fingerprint(),
+    }
+    write_precisions(result, run)
+    from edgeprune.reports.report import write_report
+    keep = ("precision", "path", "size_bytes", "median_ms", "p90_ms", "speedup_vs_fp32", "accuracy",
+            "accuracy_delta_vs_fp32", "f1")
+    write_report({**report, "precisions": {  # the run's report gains a Precisions section
+        "target": s.spec.name, "test_images": result["test_images"],
+        "calibration_images": result["calibration_images"],
+        "rows": [{k: row[k] for k in keep} for row in rows]}}, run)
+    return result
 
 
-@contextlib.contextmanager
-def _quiet():
-    """NNCF's progress bars to stderr (stdout is for results, e.g. --json), and no CUDA_HOME
-    warning from torch.utils.cpp_extension, which NNCF imports: a CUDA build of torch on a host
-    without a GPU warns there, and nothing here builds extensions."""
-    cpp = logging.getLogger("torch.utils.cpp_extension")
-    level = cpp.level
-    cpp.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        cpp.setLevel(level)
+def resolve_target(name: str | None, report: dict) -> str:
+    """The target to compare on: ``name``, else the run's own when it is OpenVINO, else
+    openvino-cpu; a target of another runtime is refused."""
+    from edgeprune.runtime.spec import load_spec
+    if name is None:
+        own = report.get("target")
+        try:
+            name = own if own and load_spec(own).runtime == "openvino" else DEFAULT_TARGET
+        except UsageError:
+            name = DEFAULT_TARGET
+        if name != own:  # a decision the user should see, not a silent switch
+            print(f"edgeprune: the run was pruned for {own!r}, not an OpenVINO target; comparing precisions "
+                  f"on {name} (pass --target to choose)", file=sys.stderr)
+    spec = load_spec(name)
+    if spec.runtime != "openvino":
+        raise UsageError(f"precisions are compared on an OpenVINO target (NNCF INT8 IR); target "
+                         f"{spec.name!r} runs {spec.runtime}: pass --target openvino-cpu")
+    return name
 
 
-def calibration_loader(dataset, samples: int = DEFAULT_SAMPLES, seed: int = 0, batch: int = 1) -> DataLoader:
-    """A seeded random subset of ``samples`` items of ``dataset`` (all when it has fewer), in
-    batches of the model's static batch size; the same seed gives the same images."""
-    if samples < 1:
-        raise UsageError(f"calibration samples must be >= 1, got {samples}")
-    n = min(samples, len(dataset))
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    return DataLoader(Subset(dataset, idx.tolist()), batch_size=batch, shuffle=False, drop_last=n >= batch)
+def run_data(job: PrecisionJob, report: dict) -> str:
+    """--data, else the run's dataset (an ImageFolder run records only its directory's name)."""
+    if job.data:
+        return job.data
+    from edgeprune.training.data import ALIASES, BUILTIN
+    name = str(report.get("data") or "")
+    if ALIASES.get(name.lower(), name.lower()) in BUILTIN or (name and Path(name).is_dir()):
+        return name
+    raise UsageError(f"the run's dataset {name or '(not recorded)'!r} cannot be found; pass --data with its path")
 
 
-def quantize_ir(source: str | os.PathLike, calibration: Iterable, out_xml: str | os.PathLike,
-                subset_size: int = DEFAULT_SAMPLES, preset: str = "performance",
-                metadata: dict[str, object] | None = None) -> Path:
-    """Quantize ``source`` (ONNX or IR .xml) to an INT8 IR at ``out_xml`` (+ ``.bin``).
-
-    ``calibration`` yields model inputs: arrays/tensors, or ``(input, label)`` pairs as a
-    DataLoader gives them, in the model's input shape; at most ``subset_size`` are used.
-    ``metadata`` is added to what the source carries. Returns the path of the .xml."""
-    nncf = import_nncf()
-    import openvino as ov
-
-    src, final = Path(source), Path(out_xml)
-    if final.suffix != ".xml":
-        raise UsageError(f"INT8 IR path must end in .xml (its .bin goes beside it), got {final.name}")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown quantization preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    if subset_size < 1:
-        raise UsageError(f"calibration subset size must be >= 1, got {subset_size}")
-    model = _read(ov.Core(), src)
-    meta = {**source_metadata(src), **{k: _text(v) for k, v in (metadata or {}).items()}}
-    items = [_as_input(item) for _, item in zip(range(subset_size), calibration)]
-    if not items:
-        raise UsageError("the calibration set is empty")
-    shape = model.input(0).get_partial_shape()
-    expect = tuple(shape.to_shape()) if shape.is_static else None
-    if expect is not None and items[0].shape != expect:
-        raise UsageError(f"calibration inputs have shape {list(items[0].shape)}, the model takes {list(expect)}")
-    overflow = overflow_fix(nncf)
-    try:
-        with _quiet():
-            quantized = nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset(preset),
-                                      subset_size=len(items), advanced_parameters=overflow)
-    except Exception as e:  # NNCF's own errors (nncf.ValidationError, InternalError) and OpenVINO's
-        raise EdgepruneError(f"NNCF could not quantize {src.name}: {_first_line(e)}") from None
-    meta.update({"precision": "int8", "quantized_from": src.name, "nncf_version": nncf.__version__,
-                 "calibration": json.dumps({"samples": len(items), "preset": preset,
-                                            "overflow_fix": str(overflow.overflow_fix.value)})})
-    for key, value in meta.items():
-        quantized.set_rt_info(value, [_ir_section(), key])
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        tmp = work / final.name
-        # FP32 for what stays float (biases, quantizer ranges): only quantization differs from FP32
-        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
-        _check(tmp, model, items[:CHECK_INPUTS])
-        os.replace(tmp.with_suffix(".bin"), final.with_suffix(".bin"))
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return final
+def artifact_paths(run: Path, report: dict) -> dict[str, Path]:
+    """Where each precision's IR goes: the run's own device IR (model.xml) stands for its
+    precision when it has one; the others are written as model-fp32/-fp16/-int8.xml."""
+    own = (report.get("device_artifact") or {}).get("kind")
+    paths = {p: run / f"model-{p}.xml" for p in PRECISIONS}
+    for p, kind in EXPORT_KINDS.items():
+        if own == kind and (run / "model.xml").is_file():
+            paths[p] = run / "model.xml"
+    return paths
 
 
-def quantized_ops(path_or_model) -> dict[str, int]:
-    """Counts of what makes a model INT8: quantizer nodes (FakeQuantize) and 8-bit integer
-    constants (weights NNCF stored compressed), by OpenVINO op."""
-    import openvino as ov
-
-    model = path_or_model
-    if isinstance(path_or_model, (str, os.PathLike)):
-        model = _read(ov.Core(), Path(path_or_model))
-    ops = model.get_ops()
-    fq = sum(op.get_type_name() in QUANTIZED_OPS for op in ops)
-    int8 = sum(op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in INT8_TYPES
-               for op in ops)
-    return {"fake_quantize": int(fq), "int8_constants": int(int8)}
+def write_precisions(result: dict, run: Path) -> tuple[Path, Path]:
+    """precisions.json and precisions.md in ``run``, each written whole then renamed."""
+    from edgeprune.artifacts.onnxio import atomic_write
+    written = []
+    for name, text in (("precisions.json", json.dumps(result, indent=2) + "\n"),
+                       ("precisions.md", render_markdown(result))):
+        with atomic_write(run / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written.append(run / name)
+    return written[0], written[1]
 
 
-def source_metadata(src: Path) -> dict[str, str]:
-    """The ``edgeprune`` metadata of an ONNX file or an IR, as strings ({} when it has none)."""
-    from edgeprune.artifacts.export import read_metadata
-    return read_metadata(src)
+def render_markdown(r: dict) -> str:
+    from edgeprune.reports.report import precision_table
+    ops = r.get("int8_ops") or {}
+    notes = [
+        f"Latency on `{r['target']}` (OpenVINO {r['versions']['runtime']}, inference precision "
+        f"{r['inference_precision']}), the three models measured interleaved in one run. Accuracy "
+        f"on the same {r['test_images']} {r['data']} test images, run by the target.",
+        f"INT8: NNCF {r['versions']['nncf']} post-training quantization, preset "
+        f"{r['calibration']['preset']}, calibrated on {r['calibration_images']} training images "
+        f"(seed {r['calibration']['seed']}); {ops.get('fake_quantize', 0)} FakeQuantize nodes, "
+        f"{ops.get('int8_constants', 0)} 8-bit constants.",
+        "FP16 stores weights in half precision; the device computes at its inference precision.",
+    ]
+    title = f"# Precisions: {r['model']} on {r['target']}"
+    return "\n\n".join([title, "\n".join(precision_table(r["rows"])), *notes]) + "\n"
 
 
-def _check(path: Path, source_model, inputs: list[np.ndarray]) -> None:
-    """The written IR loads in a fresh Core, holds quantizers, and runs on calibration inputs
-    to finite outputs shaped like the source's."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = _read(core, path)
-    counts = quantized_ops(model)
-    if not counts["fake_quantize"] and not counts["int8_constants"]:
-        raise EdgepruneError(f"NNCF left {path.name} without quantized operations; nothing written")
-    want = [tuple(o.get_partial_shape().to_shape()) for o in source_model.outputs
-            if o.get_partial_shape().is_static]
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-    request = compiled.create_infer_request()
-    for x in inputs:
-        out = request.infer({0: x})
-        got = [np.array(out[o]) for o in compiled.outputs]
-        if want and [g.shape for g in got] != want:
-            raise EdgepruneError(f"INT8 IR output shapes {[g.shape for g in got]} differ from the source's {want}")
-        if not all(np.isfinite(g).all() for g in got):
-            raise EdgepruneError("the INT8 IR gives non-finite outputs; nothing written")
+def _row(precision: str, path: Path, lat, m: Metrics, fp32_lat, fp32: Metrics) -> dict:
+    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    return {"precision": precision, "path": str(path), "size_bytes": size,
+            "median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "runs": lat.runs,
+            "speedup_vs_fp32": fp32_lat.median_ms / lat.median_ms, "latency": lat.to_dict(),
+            "accuracy": m.accuracy, "f1": m.f1, "accuracy_delta_vs_fp32": m.accuracy - fp32.accuracy,
+            "metrics": m.to_dict()}
 
 
-def _read(core, path: Path):
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist")
-    try:
-        return core.read_model(str(path))
-    except RuntimeError as e:
-        from edgeprune.runtime.openvino import ov_message
-        raise UsageError(f"openvino cannot load {path}: {ov_message(e)}") from None
-
-
-def _as_input(item) -> np.ndarray:
-    """A calibration item (array, tensor, or (input, label) pair) as a float32 array."""
-    if isinstance(item, (tuple, list)):
-        item = item[0]
-    if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
-    return np.ascontiguousarray(item, dtype=np.float32)
-
-
-def _ir_section() -> str:
-    from edgeprune.artifacts.export import IR_METADATA
-    return IR_METADATA
-
-
-def _text(v) -> str:
-    return v if isinstance(v, str) else json.dumps(v, default=str)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+def _run_batched(compiled, x: np.ndarray, batch: int) -> np.ndarray:
+    """Logits for every row of ``x``, run ``batch`` rows at a time (the last chunk padded)."""
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), np.float32)])
+        out.append(compiled.run(np.ascontiguousarray(chunk))[:batch - short])
+    return np.concatenate(out)

@@ -155,7 +155,7 @@ class Budget:
     source: str
 
 
-def resolve_budget(budget_ms: float | None, spec, meta: dict, source: str | None = None) -> Budget | None:
+def check_budget(budget_ms: float | None, spec, meta: dict, source: str | None = None) -> Budget | None:
     """An explicit budget, else the target file's budget for the artifact's model, else the
     budget the artifact was pruned to (when it was pruned for this target)."""
     if budget_ms is not None:

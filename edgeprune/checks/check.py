@@ -32,6 +32,7 @@ from edgeprune.checks.baseline import (
     Baseline,
     Budget,
     artifact_metadata,
+    check_budget,
     check_same_artifact,
     default_path,
     describe_mismatch,
@@ -40,7 +41,6 @@ from edgeprune.checks.baseline import (
     frozen_artifact,
     mismatches,
     record,
-    resolve_budget,
 )
 from edgeprune.checks.comparison import (  # noqa: F401
     CONFIDENCE,
@@ -201,7 +201,7 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
     tgt = get_target(target or meta.get("target") or "ort-cpu")
     bpath = Path(baseline) if baseline else default_path(tgt.spec.name, path, baseline_root)
     res = CheckResult(str(artifact), tgt.spec.name, str(bpath))
-    res.budget = resolve_budget(budget_ms, tgt.spec, meta, budget_source)
+    res.budget = check_budget(budget_ms, tgt.spec, meta, budget_source)
     fp = tgt.fingerprint()
     if reference:  # same-run comparison with the previous artifact: no baseline file involved
         if update or absolute:
