@@ -34,13 +34,11 @@ def targets() -> list[dict]:
 def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None = None,
             weights: str | None = None) -> Latency:
     """End-to-end latency of a model name/factory or an ONNX file on ``target``."""
+    from edgeprune.artifacts.kinds import find_kind
     from edgeprune.runtime import get_target
-    if model_or_onnx.endswith((".onnx", ".ort", ".xml")):  # a file: ONNX, ORT format, OpenVINO IR
-        from edgeprune.artifacts.export import check_onnx
-        if model_or_onnx.endswith(".onnx"):
-            check_onnx(model_or_onnx)
-        elif not Path(model_or_onnx).is_file():
-            raise UsageError(f"{model_or_onnx} does not exist")
+    kind = find_kind(model_or_onnx)
+    if kind is not None:  # an artifact file (ONNX, ORT format, OpenVINO IR...), not a model name
+        kind.check(model_or_onnx)
         return get_target(target).measure(model_or_onnx)
     from edgeprune.search.loop import measure_model
     s = Session.open(SessionConfig(model=model_or_onnx, target=target, input_size=input_size, weights=weights))
@@ -82,15 +80,20 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
 
 def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
           data: str = "digits", epochs: int = 3, finetune: bool = True, steps: int = 1,
-          search: SearchConfig | None = None, objective: str = "adaptive-bn", abn=None, **session) -> dict:
+          search: SearchConfig | None = None, objective: str = "adaptive-bn", abn=None,
+          engine: str = "torch-pruning", **session) -> dict:
     """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``.
 
     ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
     widths by validation accuracy after BN re-estimation (``accuracy_search.AbnConfig`` in
-    ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond."""
+    ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond.
+    ``engine`` is the library that physically removes the channels (``torch-pruning`` or
+    ``nni``; ``pruning/engine.py``): the group names, the search and the channels kept are the
+    same with either."""
     from edgeprune.search.accuracy import AbnConfig
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
-                   epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig())
+                   epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
+                   engine=engine)
     return run_prune(job)
 
 
@@ -120,20 +123,31 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
 def check(artifact: str | None = None, target: str | None = None, baseline: str | None = None,
           tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
           allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None,
-          reference: str | None = None, absolute: bool = False) -> list:
+          reference: str | None = None, absolute: bool = False, run: str | None = None) -> list:
     """Check an artifact's latency on ``target`` against its baseline and budget (``update``:
     write the baseline instead), or every check of a ``deploy`` file. The old artifact (the
     baseline's frozen copy, or ``reference``) runs in turn with the new one in one run;
     ``absolute`` compares with the baseline's recorded numbers instead. Returns one
     ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
+    ``run``: a prune output directory; its run.json names the artifact, target and budget.
     A single check's bad input raises UsageError; in a deploy file it becomes that check's error."""
     from edgeprune.checks.check import DEFAULT_TOLERANCE, CheckResult, run_check
     from edgeprune.errors import EdgepruneError
+    budget_source = None
+    if run is not None:  # a prune run: its deployed artifact, target and budget (run.json), unless given
+        if deploy is not None:
+            raise UsageError("--run checks one prune run; it does not combine with --all")
+        from edgeprune.runs import read_run
+        r = read_run(run)
+        artifact, target = artifact or str(r.artifact), target or r.target
+        if budget_ms is None and r.budget_ms is not None:
+            budget_ms, budget_source = r.budget_ms, f"run {run}"
     if (artifact is None) == (deploy is None):
         raise UsageError("give either an artifact or a deploy file (--all), not both or neither")
     if deploy is None:
         return [run_check(artifact, target, baseline, DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                          budget_ms, update, allow_mismatch, confirm, reference=reference, absolute=absolute)]
+                          budget_ms, update, allow_mismatch, confirm, budget_source=budget_source,
+                          reference=reference, absolute=absolute)]
     if reference:
         raise UsageError("--reference compares one artifact with another; it does not combine with --all")
     if target or baseline or budget_ms is not None:

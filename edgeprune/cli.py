@@ -121,7 +121,7 @@ def cmd_prune(a) -> int:
                    finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
-                   abn=_abn_config(a), **_session_kwargs(a))
+                   abn=_abn_config(a), engine=a.engine, **_session_kwargs(a))
     if a.json:
         print((out / "report.json").read_text().strip())  # the report as written
     else:
@@ -139,14 +139,14 @@ def cmd_export(a) -> int:
     from edgeprune.api import export
     from edgeprune.runs import read_run
     widths, input_size, target = None, a.input_size, a.target
-    if a.run:  # the run's own model, input size and target, unless given
-        report = read_run(a.run)
-        if report["model"] != a.model:
-            raise UsageError(f"{a.run} pruned {report['model']!r}, not {a.model!r}")
-        widths = report["widths"]
-        a.weights = a.weights or str(Path(a.run) / "model.pt")
-        input_size = input_size or report.get("input_size")
-        target = target or report.get("target")
+    if a.run:  # the run's own model, input size and target (its run.json), unless given
+        run = read_run(a.run)
+        if run.model != a.model:
+            raise UsageError(f"{a.run} pruned {run.model!r}, not {a.model!r}")
+        widths = run.widths
+        a.weights = a.weights or str(run.weights)
+        input_size = input_size or run.input_size
+        target = target or run.target
     r = export(a.model, a.out, a.format, input_size, a.weights, target or DEFAULT_TARGET, widths)
     if a.json:
         print(json.dumps({"path": str(r.path), "kind": r.kind, "size_bytes": r.size_bytes,
@@ -186,7 +186,7 @@ def cmd_check(a) -> int:
     from edgeprune.checks.check_report import junit_cases, render, to_json
     results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
                     a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference,
-                    absolute=a.absolute)
+                    absolute=a.absolute, run=a.run)
     if a.junit:
         from edgeprune.checks.junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")
@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline-epochs", type=int, default=3, help="epochs to train an untrained model first")
     c.add_argument("--no-finetune", action="store_true")
     c.add_argument("--steps", type=int, default=1, help="gradual pruning: prune+fine-tune steps")
+    c.add_argument("--engine", default="torch-pruning", metavar="{torch-pruning,nni}",
+                   help="library that physically removes the channels: torch-pruning (default) or nni "
+                        "(pip install 'edgeprune[nni]'); group names and the search are the same with either")
     accuracy_args(c, default="adaptive-bn")
     c.add_argument("--train-samples", type=int)
     c.add_argument("--val-samples", type=int)
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(exit 0 pass; 1 regression, over budget, incomparable baseline or too busy to tell; 2 bad input; 3 internal error)")
     c.add_argument("artifact", nargs="?", help="ONNX (or .ort) file to check")
     c.add_argument("--all", metavar="DEPLOY_FILE", help="check every artifact x target of a deploy file")
+    c.add_argument("--run", metavar="DIR", help="a prune output directory: check its deployed artifact on its "
+                   "target against its budget (each unless given)")
     c.add_argument("--target", help="target name or YAML path (default: the artifact's, else ort-cpu)")
     c.add_argument("--baseline", help="baseline file (default profiles/TARGET/baseline-STEM.json)")
     c.add_argument("--tolerance", type=float, help="slowdown tolerated as a fraction (default 0.05)")

@@ -55,8 +55,9 @@ def assert_latency(model_or_onnx, target: str | None = None, budget_ms: float | 
 
 def _artifact(obj, spec, input_size: int | None, tmp: Path) -> tuple[Path, dict, str]:
     """(ONNX path, metadata, label) for a file, a model name, or an nn.Module."""
+    from edgeprune.artifacts.kinds import find_kind
     from edgeprune.checks.baseline import artifact_metadata
-    if isinstance(obj, (str, os.PathLike)) and (Path(obj).is_file() or str(obj).endswith((".onnx", ".ort"))):
+    if isinstance(obj, (str, os.PathLike)) and (Path(obj).is_file() or find_kind(obj) is not None):
         return Path(obj), artifact_metadata(Path(obj)), str(obj)
     from edgeprune.artifacts.onnxio import export_onnx
     size = input_size or spec.input_size or 224

@@ -1,33 +1,97 @@
 """A prune run's output directory, as the commands that build on it read it (export --run,
-quantize, report): one reader, so each says the same thing about a missing or unfinished run."""
+quantize --run, check --run, report): one reader, so each says the same thing about a missing,
+damaged or unfinished run.
+
+A run made since run.json exists is read from its manifest (``edgeprune.manifest``): typed,
+versioned, paths relative to the run. A run made before has only report.json; it is still read,
+from the same report keys as before (model, widths, input_size, target, data, device_artifact),
+so those runs keep working. A run.json that is present but unusable is an error, never a silent
+fall-back to report.json: that would hide a damaged run behind older, looser defaults.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune import manifest as manifest_mod
 from edgeprune.errors import UsageError
+from edgeprune.manifest import RunManifest
 
 
-def read_run(run: str | Path, finished: bool = True) -> dict:
-    """The run's report.json. ``finished``: also require what rebuilding the pruned model needs
-    (its model, widths, model.pt and model.onnx)."""
+@dataclass
+class Run:
+    """What the commands need of a run, from its manifest or (older runs) its report."""
+
+    dir: Path
+    model: str | None
+    widths: dict[str, int] | None
+    input_size: int | None
+    target: str | None            # what load_spec takes: the run's target file, else its name
+    data: str | None              # what prune took as --data (None: not recorded)
+    budget_ms: float | None
+    weights: Path                 # the pruned model's state dict
+    onnx: Path
+    device_artifact: Path | None  # the target's own format beside model.onnx (model.ort, model.xml)
+    device_kind: str | None
+    report: dict = field(default_factory=dict)  # report.json ({} when the run has none)
+    manifest: RunManifest | None = None          # None: a run made before run.json
+    data_root: str | None = None
+
+    @property
+    def artifact(self) -> Path:
+        """The file deployed on the run's target: its own format when it has one, else ONNX."""
+        return self.device_artifact or self.onnx
+
+
+def read_run(run: str | Path, finished: bool = True) -> Run:
+    """The run in ``run``. ``finished``: also require what rebuilding the pruned model needs
+    (model, widths, the pruned weights and model.onnx)."""
     run = Path(run)
     if not run.is_dir():
         raise UsageError(f"run directory {run} does not exist")
+    if (run / manifest_mod.FILENAME).exists():
+        r = _from_manifest(run, manifest_mod.read(run))
+    elif (run / "report.json").exists():
+        r = _from_report(run, _read_report(run / "report.json"), finished)
+    else:
+        raise UsageError(f"{run} is not a prune output directory: it has neither run.json nor report.json")
+    if finished:
+        for path in (r.weights, r.onnx):
+            if not path.is_file():
+                raise UsageError(f"{run} has no {path.name}: the prune run did not finish, or its files were removed")
+    return r
+
+
+def _from_manifest(run: Path, m: RunManifest) -> Run:
+    device = m.artifacts.get("device")
+    report_path = m.path(run, m.report)
+    return Run(run, m.model, dict(m.widths), m.input_size, m.target.ref, m.data.source if m.data else None,
+               m.budget_ms, m.path(run, m.weights.pruned), m.path(run, m.artifacts["onnx"].path),
+               m.path(run, device.path) if device else None, device.kind if device else None,
+               _read_report(report_path) if report_path.exists() else {}, m, m.data.root if m.data else None)
+
+
+def _from_report(run: Path, report: dict, finished: bool) -> Run:
+    """An older run (no run.json): the keys export and quantize always read from its report."""
     path = run / "report.json"
-    if not path.is_file():
-        raise UsageError(f"{run} is not a prune output directory: it has no report.json")
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    if not isinstance(report, dict):
-        raise UsageError(f"{path} is not a report written by edgeprune prune")
     if finished:
         missing = [k for k in ("model", "widths") if k not in report]
         if missing:
             raise UsageError(f"{path} lacks {', '.join(missing)}: not a report written by edgeprune prune")
-        for name in ("model.pt", "model.onnx"):
-            if not (run / name).is_file():
-                raise UsageError(f"{run} has no {name}: the prune run did not finish")
+    device = report.get("device_artifact") or {}
+    kind = device.get("kind") if isinstance(device, dict) else None
+    own = {"openvino": "model.xml", "openvino-fp16": "model.xml", "ort": "model.ort"}.get(kind or "")
+    return Run(run, report.get("model"), report.get("widths"), report.get("input_size"), report.get("target"),
+               report.get("data"), report.get("budget_ms"), run / "model.pt", run / "model.onnx",
+               run / own if own else None, kind, report, None)
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not isinstance(report, dict):
+        raise UsageError(f"{path} is not a report written by edgeprune prune")
     return report

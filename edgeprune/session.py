@@ -11,7 +11,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgeprune.errors import UsageError
-from edgeprune.latency.profile import ProfileConfig, build_table, table_meta
+from edgeprune.latency.profile import ProfileConfig, build_table, table_conditions
 from edgeprune.latency.table import LatencyTable, TableMismatch
 from edgeprune.pruning.groups import Structure, analyse
 from edgeprune.runtime import Target, get_target
@@ -131,7 +131,7 @@ class Session:
         return table
 
     def _stored_table(self) -> LatencyTable | None:
-        expect = table_meta(self.target, self.structure, self.cfg.model)
+        expect = table_conditions(self.target, self.structure)
         path = self.table_path
         if path.exists() and not self.cfg.reprofile:
             try:

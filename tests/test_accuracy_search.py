@@ -6,6 +6,7 @@ import pytest
 from conftest import INPUT_SHAPE
 from test_search import additive_table, uniform_scores
 
+from edgeprune.errors import UsageError
 from edgeprune.pruning.prune import widths_of
 from edgeprune.search.accuracy import (
     AbnConfig,
@@ -13,6 +14,7 @@ from edgeprune.search.accuracy import (
     Score,
     ShapePlanner,
     abn_search,
+    greedy_widths,
 )
 from edgeprune.search.knapsack import SearchConfig, bounds
 from edgeprune.search.loop import fit_budget
@@ -80,11 +82,34 @@ def test_search_returns_the_best_scoring_candidate_and_includes_uniform(three):
     origins = [c.origin for c in r.candidates]
     assert origins[:2] == ["uniform", "importance"] and origins.count("mutation") == 6
     finalists = [c for c in r.candidates if c.final is not None]
-    assert 8 >= len(finalists) >= 3 and {"uniform", "importance"} <= {c.origin for c in finalists}
+    assert 9 >= len(finalists) >= 3 and {"uniform", "importance", "greedy"} <= {c.origin for c in finalists}
     assert r.best.final.accuracy == max(c.final.accuracy for c in finalists)  # chosen on the full score
     assert r.best.score.accuracy >= r.by_origin("uniform").score.accuracy
     assert r.best.widths["c"] / 256 > r.best.widths["a"] / 64  # it favoured the group that scores
     assert all(c.predicted_ms <= budget for c in r.candidates)
+
+
+def test_greedy_descent_pays_the_budget_from_the_groups_that_cost_no_accuracy(three):
+    """Accuracy lives in c whole (a threshold no scaled shape keeps): the NetAdapt-style
+    descent cuts a and b and keeps c, and the search picks it over every random shape."""
+    full = three.predict(three.groups)
+    budget = full - 0.3  # a and b at their floors save 0.384 ms
+    scorer = FakeScorer(lambda w: (1.0 if w["c"] == 256 else 0.0) + 0.01 * w["a"] / 64)
+    w = greedy_widths(three, scorer, budget, SearchConfig(), steps=4)
+    assert w["c"] == 256 and three.predict(w) <= budget
+    r = abn_search(three, scorer, budget, SearchConfig(), None)
+    assert r.by_origin("greedy").final is not None  # a reference: always given the full score
+    assert r.best.origin == "greedy" and r.best.widths["c"] == 256 and r.best.predicted_ms <= budget
+    assert r.by_origin("uniform").widths["c"] < 256
+
+
+def test_greedy_steps_zero_leaves_the_greedy_candidate_out(three):
+    budget = 0.05 + 0.5 * (three.predict(three.groups) - 0.05)
+    r = abn_search(three, FakeScorer(lambda w: w["c"] / 256, AbnConfig(samples=4, refine=2, greedy_steps=0)),
+                   budget, SearchConfig(), None)
+    assert r.by_origin("greedy") is None
+    with pytest.raises(UsageError, match="greedy-steps"):
+        AbnConfig(greedy_steps=-1)
 
 
 def test_planner_rescales_near_a_searched_budget_and_searches_again_far_from_it(three):

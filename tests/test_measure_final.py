@@ -1,70 +1,70 @@
-"""The final verdict: a same-run speed-up, re-measurement over budget, and the loop's own
-measurement of the same architecture pooled in when a disturbed period reads it over budget."""
+"""The final verdict: one alternating measurement gives the paired speed-up and the budget
+verdict; an interval that straddles the budget is measured again and, if it still straddles,
+said to be inconclusive instead of keeping the best of several tries."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
+from edgeprune.checks.comparison import budget_verdict
 from edgeprune.pipeline import measure_final
-from edgeprune.runtime.timing import Latency
+from edgeprune.runtime.timing import Alternation, Latency
 
 
-def lat(ms: float) -> Latency:
-    return Latency.from_samples([ms] * 5)
+def lat(windows: list[float]) -> Latency:
+    return replace(Latency.from_samples(windows * 3), window_medians_ms=tuple(windows))
 
 
 class Scripted:
-    """A target whose interleaved measurements of (unpruned, final) follow a script."""
+    """A target whose alternating measurements of (unpruned, final) follow a script of
+    window medians; every round's ratio is final / unpruned of its window."""
 
     def __init__(self, script):
         self.script = list(script)
         self.calls = 0
 
-    def measure_many(self, paths, timing=None):
+    def measure_alternating(self, a, b, timing=None):
         self.calls += 1
         base, final = self.script.pop(0)
-        return [lat(base), lat(final)]
+        rounds = tuple(tuple((u, f) for _ in range(4)) for u, f in zip(base, final))
+        return Alternation(rounds, (lat(base), lat(final)))
 
 
-def test_inside_budget_is_measured_once_and_the_speedup_is_same_run():
-    t = Scripted([(1.0, 0.4)])
-    base, same_run, verdict = measure_final(t, "u.onnx", "f.onnx", 0.5, lat(0.45))
+def test_inside_budget_is_measured_once_and_the_speedup_is_paired():
+    t = Scripted([([1.0, 1.0, 1.0, 1.0, 1.0], [0.40, 0.41, 0.40, 0.42, 0.40])])
+    m = measure_final(t, "u.onnx", "f.onnx", 0.5)
     assert t.calls == 1
-    assert base.median_ms / same_run.median_ms == 2.5
-    assert verdict.median_ms == 0.4
+    assert m.budget.verdict == "fits" and m.budget.high_ms <= 0.5
+    assert m.speedup["method"] == "paired"
+    assert m.speedup["ratio"] == pytest.approx(1 / 0.40, rel=0.02)
+    assert m.speedup["ci"][0] <= m.speedup["ratio"] <= m.speedup["ci"][1]
 
 
-def test_a_disturbed_final_period_is_re_measured_then_pooled_with_the_loop():
-    t = Scripted([(1.2, 0.56), (1.1, 0.54), (1.3, 0.53)])  # every final window slow
-    base, same_run, verdict = measure_final(t, "u.onnx", "f.onnx", 0.5, lat(0.47), attempts=3)
-    assert t.calls == 3
-    assert same_run.median_ms == 0.53  # least-disturbed of the pooled final windows
-    assert verdict.median_ms == 0.47   # the loop measured this architecture inside the budget
-    assert base.median_ms / same_run.median_ms > 2  # the speed-up never mixes periods
+def test_noise_that_straddles_the_budget_is_measured_again_then_said_inconclusive():
+    straddle = ([1.0] * 6, [0.48, 0.49, 0.50, 0.51, 0.52, 0.53])
+    t = Scripted([straddle] * 3)
+    m = measure_final(t, "u.onnx", "f.onnx", 0.495, attempts=3)
+    assert t.calls == 3  # re-measured while the interval straddled the budget
+    assert m.budget.verdict == "inconclusive"
+    assert m.budget.low_ms <= 0.495 < m.budget.high_ms
+    assert m.budget.windows == 18  # every window pooled, not the fastest kept
+    assert len(m.final.window_medians_ms) == 18
 
 
-def test_a_model_that_is_really_too_slow_stays_over():
-    t = Scripted([(1.0, 0.6)] * 3)
-    _, _, verdict = measure_final(t, "u.onnx", "f.onnx", 0.5, lat(0.61), attempts=3)
-    assert verdict.median_ms > 0.5
+def test_a_model_that_is_really_too_slow_is_over_and_a_second_look_can_settle_it():
+    t = Scripted([([1.0] * 5, [0.60, 0.61, 0.62, 0.60, 0.61])])
+    assert measure_final(t, "u.onnx", "f.onnx", 0.5).budget.verdict == "over"
+    calm = ([1.0] * 6, [0.45, 0.44, 0.45, 0.46, 0.45, 0.44])
+    t = Scripted([([1.0] * 6, [0.46, 0.55, 0.47, 0.56, 0.48, 0.54]), calm, calm])
+    m = measure_final(t, "u.onnx", "f.onnx", 0.5, attempts=3)
+    assert t.calls >= 2 and m.budget.verdict in ("fits", "inconclusive")
 
 
-class Alternating:
-    """A target whose alternating blocks give a known per-round ratio, while its interleaved
-    windows are disturbed unevenly (the unpruned model's fastest window is much slower)."""
-
-    def measure_many(self, paths, timing=None):
-        return [lat(3.0), lat(0.5)]   # separate best windows would say 6.0x
-
-    def measure_alternating(self, a, b, timing=None):
-        from edgeprune.runtime.timing import Alternation
-        rounds = tuple(tuple((0.5 * k, 0.5 * k * r) for k, r in zip((1, 2, 3, 1, 2), (3.2, 3.3, 3.4, 3.3, 3.2)))
-                       for _ in range(4))
-        return Alternation(rounds, (lat(0.5), lat(1.65)))
-
-
-def test_the_reported_speedup_is_a_paired_same_run_ratio():
-    from edgeprune.pipeline import paired_speedup
-    s = paired_speedup(Alternating(), "u.onnx", "f.onnx")
-    assert s["method"] == "paired"
-    assert s["ratio"] == pytest.approx(3.3)   # median of per-round ratios, not 6.0 from best windows
-    assert s["ci"][0] <= s["ratio"] <= s["ci"][1]
+def test_budget_verdict_is_the_lower_quartile_with_an_interval():
+    v = budget_verdict([1.0, 1.1, 1.2, 1.3, 5.0], 2.0)  # a disturbed window only adds time
+    assert v.latency_ms < 1.3 and v.verdict == "fits"
+    d = v.to_dict()
+    assert d["verdict"] == "fits" and d["ci_ms"][0] <= d["latency_ms"] <= d["ci_ms"][1] and d["windows"] == 5
+    assert "inconclusive" not in v.describe() and "2.0000 ms" in v.describe()
+    assert budget_verdict([3.0, 3.1, 3.2], 2.0).verdict == "over"

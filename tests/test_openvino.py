@@ -16,7 +16,7 @@ ov = pytest.importorskip("openvino", reason="the openvino package is not install
 from conftest import INPUT_SHAPE, TARGETS_DIR  # noqa: E402
 from test_export import tiny_model  # noqa: E402
 
-from edgeprune import export  # noqa: E402
+from edgeprune.artifacts import export  # noqa: E402
 from edgeprune.artifacts.export import export_artifact, read_metadata, resolve_kind  # noqa: E402
 from edgeprune.artifacts.onnxio import export_onnx, module_call_order  # noqa: E402
 from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402

@@ -33,7 +33,7 @@ def test_interrupted_prune_resumes_with_the_same_widths(tmp_path, fake_target_fi
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, fake_target_file, budget)
     saved = json.loads((tmp_path / "out" / "step1.json").read_text())
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out" / "report.json").exists() and not (tmp_path / "out" / "run.json").exists()
 
     calls = []
     monkeypatch.setattr(finetune_mod, "train", real_train)
@@ -42,6 +42,10 @@ def test_interrupted_prune_resumes_with_the_same_widths(tmp_path, fake_target_fi
     assert calls == []  # the loop's outcome was reused
     assert report["widths"] == saved["search"]["widths"]
     assert report["within_budget"] and report["measured_ms"] <= budget
+    verdict = report["budget_verdict"]  # one estimator, its interval next to the budget
+    assert verdict["verdict"] == "fits" and verdict["ci_ms"][1] <= budget == verdict["budget_ms"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "(fits: " in md and "95% CI" in md
     assert not list((tmp_path / "out").glob("step*.json")) and not list((tmp_path / "out").glob("finetune*.ckpt"))
 
 
@@ -72,6 +76,11 @@ def test_the_loops_readings_are_kept_beside_the_table(tmp_path, fake_target_file
     assert len(json.loads(sidecar.read_text())["landings"]) == len(report["rounds"])
     assert report["table"]["error_at_picks"]["profile_median_abs"] is not None
     assert "landings" in (tmp_path / "out" / "report.md").read_text()
+    # the run's manifest (issue 10) says what its report says
+    from edgeprune.manifest import read
+    manifest = read(tmp_path / "out")
+    assert manifest.widths == report["widths"] == json.loads((tmp_path / "out" / "report.json").read_text())["widths"]
+    assert (manifest.input_size, manifest.budget_ms, manifest.target.name) == (SIZE, report["budget_ms"], "fake")
     # export --run rebuilds the run's model at the run's input size (not the default 32 px)
     from edgeprune import cli
     exported = tmp_path / "again.onnx"

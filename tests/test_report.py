@@ -77,7 +77,7 @@ def test_full_report_renders_every_section():
 def test_minimal_report_shows_dashes_and_skips_empty_sections():
     md = render_markdown(MINIMAL)
     assert "| budget | 25.0 ms |" in md
-    assert "| measured (median) | — |" in md
+    assert "| measured | — |" in md
     assert "| within budget | — |" in md
     assert "## Per-layer widths" not in md and "## Model" not in md
 

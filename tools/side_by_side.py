@@ -57,7 +57,8 @@ def open_session(cfg: dict):
 
 # --- plan: baseline, edgeprune's loop, matched baselines, interleaved latency -----------------------
 
-def plan(cfg: dict) -> None:
+def plan(cfg: dict, only: list[str] | None = None) -> None:
+    """Baseline, edgeprune's loop and the baselines in ``only`` (default: all), per budget."""
     from edgeprune.artifacts.onnxio import export_onnx
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
     from edgeprune.search.knapsack import SearchConfig
@@ -95,7 +96,7 @@ def plan(cfg: dict) -> None:
         if "routes" not in entry:
             entry["routes"] = routes(s, table, goal, scfg, methods["edgeprune"]["widths"], cfg)
             save_json(out / "plan.json", state)
-        for name in METHODS[1:]:
+        for name in [m for m in METHODS[1:] if only is None or m in only]:
             if name not in methods:
                 try:
                     model, extra = baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"])
@@ -348,6 +349,7 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--candidates", type=int, default=32)
     p.add_argument("--refine", type=int, default=16)
+    p.add_argument("--greedy-steps", type=int, default=8, help="the search's NetAdapt-style candidate (0: none)")
     p.add_argument("--profiles-dir", help="latency tables (default: OUT/profiles, so a study never rewrites the committed tables)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=1)
@@ -364,13 +366,13 @@ def main() -> int:
                              "data": a.data, "train_samples": a.train_samples, "val_samples": a.val_samples,
                              "baseline_epochs": a.baseline_epochs, "epochs": a.epochs, "budgets": a.budgets,
                              "profiles_dir": a.profiles_dir or str(Path(a.out) / "profiles"),
-                             "abn": {"samples": a.candidates, "refine": a.refine}})
+                             "abn": {"samples": a.candidates, "refine": a.refine, "greedy_steps": a.greedy_steps}})
     if not cfg_path.exists():
         print(f"side_by_side: {cfg_path} missing: run the plan phase first", file=sys.stderr)
         return 2
     cfg = json.loads(cfg_path.read_text())
     if a.phase == "plan":
-        plan(cfg)
+        plan(cfg, a.methods)
     elif a.phase == "finetune":
         finetune(cfg, a.seeds, a.jobs, a.methods)
     summarise(cfg)

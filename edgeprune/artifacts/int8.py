@@ -106,9 +106,14 @@ def quantize_ir(source: str | os.PathLike, calibration: Iterable, out_xml: str |
     nncf = import_nncf()
     import openvino as ov
 
+    from edgeprune.artifacts.kind_openvino import set_metadata
+    from edgeprune.artifacts.kinds import KINDS, find_kind, move_together
+
     src, final = Path(source), Path(out_xml)
-    if final.suffix != ".xml":
-        raise UsageError(f"INT8 IR path must end in .xml (its .bin goes beside it), got {final.name}")
+    ir = KINDS["openvino"]
+    if find_kind(final) is not ir:
+        raise UsageError(f"INT8 IR path must end in {ir.suffix} (its {', '.join(ir.companions)} goes beside it), "
+                         f"got {final.name}")
     if preset not in PRESETS:
         raise UsageError(f"unknown quantization preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if subset_size < 1:
@@ -132,8 +137,7 @@ def quantize_ir(source: str | os.PathLike, calibration: Iterable, out_xml: str |
     meta.update({"precision": "int8", "quantized_from": src.name, "nncf_version": nncf.__version__,
                  "calibration": json.dumps({"samples": len(items), "preset": preset,
                                             "overflow_fix": str(overflow.overflow_fix.value)})})
-    for key, value in meta.items():
-        quantized.set_rt_info(value, [_ir_section(), key])
+    set_metadata(quantized, meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -141,8 +145,7 @@ def quantize_ir(source: str | os.PathLike, calibration: Iterable, out_xml: str |
         # FP32 for what stays float (biases, quantizer ranges): only quantization differs from FP32
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
         _check(tmp, model, items[:CHECK_INPUTS])
-        os.replace(tmp.with_suffix(".bin"), final.with_suffix(".bin"))
-        os.replace(tmp, final)
+        move_together(tmp, final, ir)  # the .bin first, then the .xml that names it
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
@@ -165,7 +168,7 @@ def quantized_ops(path_or_model) -> dict[str, int]:
 
 def source_metadata(src: Path) -> dict[str, str]:
     """The ``edgeprune`` metadata of an ONNX file or an IR, as strings ({} when it has none)."""
-    from edgeprune.artifacts.export import read_metadata
+    from edgeprune.artifacts.kinds import read_metadata
     return read_metadata(src)
 
 
@@ -209,11 +212,6 @@ def _as_input(item) -> np.ndarray:
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().numpy()
     return np.ascontiguousarray(item, dtype=np.float32)
-
-
-def _ir_section() -> str:
-    from edgeprune.artifacts.export import IR_METADATA
-    return IR_METADATA
 
 
 def _text(v) -> str:

@@ -3,9 +3,10 @@ interleaved in one run (so the ratios are fair on a shared machine), accuracy an
 the same test images run through the target itself, and file size.
 
 ``compare_precisions(run_dir)`` rebuilds the pruned model from a prune output directory
-(``report.json`` widths + ``model.pt``), writes the IRs beside it (the run's own FP32 IR
-``model.xml`` is reused when it has one; ``model-fp16.xml``; ``model-int8.xml`` quantized with
-NNCF on a seeded subset of the training split) and ``precisions.json`` + ``precisions.md``.
+(its ``run.json``, or an older run's ``report.json``: widths + ``model.pt``), writes the IRs
+beside it (the run's own FP32 IR ``model.xml`` is reused when it has one; ``model-fp16.xml``;
+``model-int8.xml`` quantized with NNCF on a seeded subset of the training split) and
+``precisions.json`` + ``precisions.md``.
 Every input is checked before anything is written; each file lands whole (written, then renamed).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from edgeprune.artifacts.int8 import (
     require_nncf,
 )
 from edgeprune.errors import UsageError
-from edgeprune.runs import read_run
+from edgeprune.runs import Run, read_run
 from edgeprune.training.metrics import Metrics, confusion_matrix, from_confusion
 
 DEFAULT_TARGET = "openvino-cpu"
@@ -77,24 +78,28 @@ def evaluate_ir(path: str | os.PathLike, loader, num_classes: int, target=None) 
 
 def compare_precisions(job: PrecisionJob) -> dict:
     """Write the three IRs, measure and evaluate them; returns what precisions.json holds."""
-    from edgeprune.artifacts.export import export_artifact, read_metadata
+    from edgeprune.artifacts.export import export_artifact
+    from edgeprune.artifacts.kinds import read_metadata
     from edgeprune.session import Session, SessionConfig
 
     run = Path(job.run)
-    report = read_run(run)
-    target = resolve_target(job.target, report)
+    info = read_run(run)  # its run.json (or an older run's report.json)
+    report = info.report  # gains a Precisions section
+    if not report:
+        raise UsageError(f"{run} has no report.json to add the comparison to; run prune again")
+    target = resolve_target(job.target, {"target": info.target})
     require_nncf()
     if job.calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be >= 1, got {job.calibration_samples}")
     if job.preset not in PRESETS:
         raise UsageError(f"unknown preset {job.preset!r}; expected one of {', '.join(PRESETS)}")
     s = Session.open(SessionConfig(
-        model=report["model"], target=target, input_size=report.get("input_size"), data=run_data(job, report),
-        data_root=job.data_root, train_samples=job.calibration_samples, test_samples=job.test_samples,
-        progress=False))
-    model = s.pruned(report["widths"], run / "model.pt")
-    meta = {k: v for k, v in read_metadata(run / "model.onnx").items() if k != "edgeprune_version"}
-    paths = artifact_paths(run, report)
+        model=info.model, target=target, input_size=info.input_size, data=run_data(job, {"data": info.data}),
+        data_root=job.data_root or info.data_root, train_samples=job.calibration_samples,
+        test_samples=job.test_samples, progress=False))
+    model = s.pruned(info.widths, info.weights)
+    meta = {k: v for k, v in read_metadata(info.onnx).items() if k != "edgeprune_version"}
+    paths = artifact_paths(run, info)
     for p in EXPORT_KINDS:
         if paths[p].name != "model.xml":  # the run's own device IR is reused as it is
             export_artifact(model, EXPORT_KINDS[p], paths[p], s.input_shape, meta)
@@ -107,7 +112,7 @@ def compare_precisions(job: PrecisionJob) -> dict:
     rows = [_row(p, paths[p], latencies[i], metrics[p], latencies[0], metrics["fp32"])
             for i, p in enumerate(PRECISIONS)]
     result = {
-        "model": report["model"], "target": s.spec.name, "run": str(run), "input_shape": list(s.input_shape),
+        "model": info.model, "target": s.spec.name, "run": str(run), "input_shape": list(s.input_shape),
         "data": s.data.name, "test_images": metrics["fp32"].n, "calibration_images": len(calib.dataset),
         "calibration": {"split": "train", "seed": job.seed, "preset": job.preset},
         "inference_precision": s.spec.precision, "interleaved": True, "rows": rows,
@@ -157,14 +162,13 @@ def run_data(job: PrecisionJob, report: dict) -> str:
     raise UsageError(f"the run's dataset {name or '(not recorded)'!r} cannot be found; pass --data with its path")
 
 
-def artifact_paths(run: Path, report: dict) -> dict[str, Path]:
+def artifact_paths(run: Path, info: Run) -> dict[str, Path]:
     """Where each precision's IR goes: the run's own device IR (model.xml) stands for its
     precision when it has one; the others are written as model-fp32/-fp16/-int8.xml."""
-    own = (report.get("device_artifact") or {}).get("kind")
     paths = {p: run / f"model-{p}.xml" for p in PRECISIONS}
     for p, kind in EXPORT_KINDS.items():
-        if own == kind and (run / "model.xml").is_file():
-            paths[p] = run / "model.xml"
+        if info.device_kind == kind and info.device_artifact and info.device_artifact.is_file():
+            paths[p] = info.device_artifact
     return paths
 
 
@@ -198,7 +202,8 @@ def render_markdown(r: dict) -> str:
 
 
 def _row(precision: str, path: Path, lat, m: Metrics, fp32_lat, fp32: Metrics) -> dict:
-    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    from edgeprune.artifacts.kinds import kind_of
+    size = kind_of(path).size_bytes(path)  # the IR's .xml and .bin
     return {"precision": precision, "path": str(path), "size_bytes": size,
             "median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "runs": lat.runs,
             "speedup_vs_fp32": fp32_lat.median_ms / lat.median_ms, "latency": lat.to_dict(),

@@ -21,12 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeprune.errors import UsageError
+from edgeprune.runtime.base import fingerprint_mismatches
 
 SCHEMA_VERSION = 1
 KIND = "edgeprune-baseline"
-# Conditions under which a latency measured elsewhere means the same thing here.
-COMPARE_KEYS = ("runtime", "runtime_version", "device", "threads", "precision", "host_cpu",
-                "host_isa", "host_cores", "host_arch")
 
 
 @dataclass
@@ -107,7 +105,7 @@ def record(path: Path, meta: dict, target: str, fingerprint: dict, timing: dict,
 
 
 def freeze(artifact: Path, baseline_path: Path) -> str:
-    """Copy the artifact beside its baseline (``BASELINE.frozen.onnx``; an IR's .bin too), so
+    """Copy the artifact beside its baseline (``BASELINE.frozen.onnx``; its companions too), so
     later checks can run the old model next to the new one; the copy's file name. The ``.frozen``
     infix keeps the copy from ever being the artifact: ``--baseline deployed.json`` beside
     ``deployed.onnx`` once named the copy ``deployed.onnx``, so replacing the artifact replaced
@@ -116,11 +114,8 @@ def freeze(artifact: Path, baseline_path: Path) -> str:
     if dest.resolve() == artifact.resolve():
         raise UsageError(f"the baseline's frozen copy would overwrite the artifact {artifact}; name the baseline "
                          "file differently")
-    companions = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
-    for src in [*companions, artifact]:  # the .xml last: its presence means the copy is whole
-        if not src.is_file():
-            raise UsageError(f"{src} is missing: an OpenVINO IR needs its .bin beside the .xml")
-        _copy_atomic(src, dest.with_suffix(src.suffix))
+    from edgeprune.artifacts.kinds import copy_together
+    copy_together(artifact, dest)  # an IR's .bin first, the .xml last: its presence means the copy is whole
     return dest.name
 
 
@@ -139,14 +134,6 @@ def frozen_artifact(base: Baseline, baseline_path: Path, notes: list[str]) -> Pa
         notes.append(f"the baseline's copy of its artifact, {copy}, has changed since it was recorded")
         return None
     return copy
-
-
-def _copy_atomic(src: Path, dest: Path) -> None:
-    import shutil
-
-    from edgeprune.artifacts.onnxio import atomic_write
-    with atomic_write(dest) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 @dataclass(frozen=True)
@@ -174,14 +161,15 @@ def check_budget(budget_ms: float | None, spec, meta: dict, source: str | None =
 
 
 def artifact_metadata(path: Path) -> dict:
-    """The artifact's embedded metadata; a missing or corrupt file is a UsageError."""
-    from edgeprune.artifacts.export import check_onnx, read_metadata
+    """The artifact's embedded metadata; a missing or corrupt file, or one of no known kind, is
+    a UsageError."""
+    from edgeprune.artifacts.kinds import kind_of
     if not path.is_file():
         raise UsageError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
-        check_onnx(path)
+    kind = kind_of(path)
+    kind.check(path)
     try:
-        return read_metadata(path)
+        return kind.read_metadata(path)
     except UsageError:
         raise
     except Exception as e:  # ORT-format files are read by onnxruntime, which has its own errors
@@ -189,9 +177,9 @@ def artifact_metadata(path: Path) -> dict:
 
 
 def mismatches(baseline_fp: dict, here_fp: dict) -> dict[str, tuple]:
-    """{key: (baseline value, value here)} for every compared condition that differs."""
-    return {k: (baseline_fp.get(k), here_fp.get(k)) for k in COMPARE_KEYS
-            if k in baseline_fp and k in here_fp and _norm(baseline_fp[k]) != _norm(here_fp[k])}
+    """{key: (baseline value, value here)} for every condition of the target's fingerprint
+    that differs (``runtime.base.fingerprint_mismatches``)."""
+    return fingerprint_mismatches(baseline_fp, here_fp)
 
 
 def describe_mismatch(diff: dict[str, tuple]) -> str:
@@ -242,6 +230,3 @@ def dumps(d: dict) -> str:
     return re.sub(r"\[\s*(-?[0-9][-0-9.eE+,\s]*?)\s*\]",
                   lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
-
-def _norm(v):
-    return tuple(v) if isinstance(v, list) else v

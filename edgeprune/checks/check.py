@@ -22,7 +22,6 @@ measurements is reported as *inconclusive* (machine too busy), not as a regressi
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,7 +58,6 @@ PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, sinc
 PAIRED_WINDOWS = 3          # places the weights anew (session SD 0.5-2%, tools/study_alternation.py)
 BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
 MAX_CPU_WAIT = 0.05         # share of a measurement's time spent waiting for a CPU
-MIN_GUARDED_S = 0.25        # shorter measurements (fake targets) are too short to judge contention
 RETRIES = 2                 # extra measurements to replace disturbed ones
 RETRY_PAUSE_S = 5.0
 VERDICT = (f"regression = ratio > 1 + tolerance and CI above 1, in a first and a confirming "
@@ -140,28 +138,9 @@ def check_timing(timing):
     return timing.model_copy(update={"windows": max(timing.windows, -(-CHECK_WINDOWS // SESSIONS))})
 
 
-def cpu_wait_ns() -> int | None:
-    """Nanoseconds this thread has spent runnable but not running (Linux), else None."""
-    try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
-            return int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def with_cpu_wait(run: Callable[[], list]) -> tuple[list, float | None]:
-    """``run()`` and the share of its wall time this thread waited for a CPU (None: unknown or
-    too short to judge)."""
-    wait0, t0 = cpu_wait_ns(), time.perf_counter()
-    out = run()
-    wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
-    known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
-    return out, (round((wait1 - wait0) / 1e9 / wall, 4) if known else None)
-
-
 def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
     """One measurement: ``sessions`` fresh sessions of the target, their windows pooled."""
-    lats, wait = with_cpu_wait(lambda: [target.measure(path, timing) for _ in range(sessions)])
+    lats, wait = target.with_busy_share(lambda: [target.measure(path, timing) for _ in range(sessions)])
     windows = tuple(w for lat in lats for w in (lat.window_medians_ms or (lat.median_ms,)))
     best = min(lats, key=lambda lat: lat.median_ms)
     return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
@@ -171,7 +150,7 @@ def measure_pair(target, reference, candidate, timing, tolerance: float, session
     """Reference and candidate in alternating short blocks, in ``sessions`` fresh pairs of
     sessions of ``PAIRED_WINDOWS`` windows; the candidate's Attempt carries the paired comparison."""
     timing = timing.model_copy(update={"windows": PAIRED_WINDOWS})
-    alts, wait = with_cpu_wait(lambda: [target.measure_alternating(reference, candidate, timing)
+    alts, wait = target.with_busy_share(lambda: [target.measure_alternating(reference, candidate, timing)
                                         for _ in range(sessions)])
     ref, cand = ([w for a in alts for w in a.latencies[i].window_medians_ms] for i in (0, 1))
     comparison = compare_paired([w for a in alts for w in a.log_ratios], latency_of(ref), latency_of(cand),

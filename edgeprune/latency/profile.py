@@ -64,11 +64,16 @@ class ProfileConfig:
             raise UsageError(f"profile min_ratio must be in (0, 1], got {self.min_ratio}")
 
 
+def table_conditions(target: Target, structure: Structure) -> dict:
+    """What a table is valid under, compared on load: the target's fingerprint (its own list of
+    what must match) plus the model's structure, the input shape and the table schema."""
+    return {**target.fingerprint(), "model_signature": structure.signature,
+            "input_shape": list(structure.input_shape), "schema": SCHEMA_VERSION}
+
+
 def table_meta(target: Target, structure: Structure, model_name: str) -> dict:
-    """The conditions a table is valid under (compared on load) plus provenance."""
-    return {**target.fingerprint(), "target": target.spec.name, "model": model_name,
-            "model_signature": structure.signature, "input_shape": list(structure.input_shape),
-            "schema": SCHEMA_VERSION}
+    """The conditions plus provenance (names, which may change without changing the latency)."""
+    return {**table_conditions(target, structure), "target": target.spec.name, "model": model_name}
 
 
 def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], out: str | os.PathLike,

@@ -19,13 +19,12 @@ import numpy as np
 from edgeprune.artifacts.onnxio import atomic_write
 from edgeprune.errors import UsageError
 from edgeprune.latency.calibration import Calibration
+from edgeprune.runtime.base import fingerprint_mismatches
 
 if TYPE_CHECKING:
     from edgeprune.latency.landings import Landings
 
 SCHEMA_VERSION = 2  # 2: per-group calibration terms
-MATCH_KEYS = ("runtime", "runtime_version", "device", "device_name", "provider", "model_format", "threads", "precision",
-              "host_cpu", "host_isa", "host_cores", "input_shape", "model_signature", "schema")
 
 
 @dataclass
@@ -154,7 +153,8 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect: dict | None = None, allow_mismatch: bool = False) -> "LatencyTable":
-        """Read a table; if ``expect`` is given, every key present in both must agree."""
+        """Read a table; if ``expect`` is given (the target's fingerprint plus the table's own
+        conditions, ``profile.table_conditions``), every key of it the table records must agree."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
@@ -186,9 +186,7 @@ class TableMismatch(UsageError):
 
 def mismatches(meta: dict, expect: dict) -> str:
     """'key: table X, here Y; ...' for the conditions that differ."""
-    out = [f"{k}: table {meta[k]!r}, here {expect[k]!r}"
-           for k in MATCH_KEYS if k in meta and k in expect and meta[k] != expect[k]]
-    return "; ".join(out)
+    return "; ".join(f"{k}: table {a!r}, here {b!r}" for k, (a, b) in fingerprint_mismatches(meta, expect).items())
 
 
 def interpolate(levels: list[list[int]], values: np.ndarray, point: list[int]) -> float:

@@ -1,4 +1,5 @@
-"""NNI 3.0 as a second engine for the *uniform L1* baseline: ``L1NormPruner`` + ``ModelSpeedup``.
+"""NNI 3.0 as edgeprune's second pruning engine (``--engine nni``), and the *uniform L1* baseline
+(``L1NormPruner`` + ``ModelSpeedup``).
 
 Why: users compare edgeprune with what the common tools produce, and NNI is one of them. NNI 3.0
 (2023) predates torch 2.14; its torch.fx-based tracer fails there in two places (FACTS.md). Both
@@ -24,7 +25,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edgeprune.errors import MissingBackend, UsageError
-from edgeprune.pruning.groups import output_layers
+from edgeprune.pruning.groups import LAYER_TYPES, ChannelGroup, analyse, output_layers
 
 NNI_LOGGERS = ("nni", "Shape Dependency")  # NNI logs every module replacement at INFO
 SPEEDUP_LOG = logging.Logger("edgeprune.nni_speedup", logging.ERROR)
@@ -150,3 +151,129 @@ def nni_uniform(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
         pruner.unwrap_model()
         ModelSpeedup(pruned, dummy, masks, graph_module=graph, logger=SPEEDUP_LOG).speedup_model()
     return pruned.train(training)
+
+
+class NNIEngine:
+    """The ``PruningEngine`` on NNI: NNI's own channel-dependency analysis couples the layers,
+    edgeprune's importance criterion picks the channels (one mask per group, shared by all its
+    layers), and ``ModelSpeedup`` removes them and propagates the cut to BatchNorms and consumers.
+
+    NNI's groups are named by edgeprune's structure (``groups.analyse``) through their layers:
+    a set of layers NNI couples must be exactly one of edgeprune's groups, else the model cannot
+    be pruned with this engine (UsageError naming the group). Unlike Torch-Pruning, which scores
+    each group after the cuts before it, all groups here are scored on the unpruned model, so
+    the two keep the same channels whenever a group's scores do not depend on the others' cuts
+    (one group cut, or criteria on the producers alone)."""
+
+    name = "nni"
+
+    def __init__(self):
+        _import_nni()
+
+    def groups(self, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, ChannelGroup]:
+        model = copy.deepcopy(model).eval()
+        return self._groups(model, input_shape, _trace(model, input_shape))
+
+    def prune_to_widths(self, model: nn.Module, input_shape: tuple[int, ...], widths: dict[str, int],
+                        importance: str = "l1", inplace: bool = False) -> nn.Module:
+        from edgeprune.pruning.importance import channel_scores
+        from edgeprune.pruning.prune import widths_of
+        ModelSpeedup = _import_nni()
+        model = model if inplace else copy.deepcopy(model)
+        model.eval()  # as Torch-Pruning leaves it
+        reference = analyse(model, input_shape).groups
+        unknown = set(widths) - set(reference)
+        if unknown:
+            raise UsageError(f"unknown channel groups for this model: {', '.join(sorted(unknown))}")
+        for name, want in widths.items():
+            if want < 1:
+                raise UsageError(f"group {name}: width must be at least 1, got {want}")
+        cut = {g: w for g, w in widths.items() if w < reference[g].channels}
+        if not cut:
+            return model
+        graph = _trace(model, input_shape)
+        groups = self._groups(model, input_shape, graph, reference)
+        for name in cut:
+            if name not in groups:
+                raise UsageError(f"the nni engine cannot prune group {name}: NNI's dependency analysis does not "
+                                 "find its layers as one channel group (use --engine torch-pruning)")
+        scores = channel_scores(model, input_shape, importance)
+        modules = dict(model.named_modules())
+        masks = {}
+        for name, want in cut.items():
+            drop = torch.as_tensor(sorted(int(i) for i in scores[name].argsort()[: groups[name].channels - want]))
+            for layer in groups[name].producers:  # every coupled layer gets the group's one mask
+                masks[layer] = {k: _mask(getattr(modules[layer], k), drop) for k in ("weight", "bias")
+                                if getattr(modules[layer], k, None) is not None}
+        # fork_rng: NNI draws random inputs, the caller's seeded RNG stream must not move.
+        # No torch.no_grad: ModelSpeedup infers the masks of other layers from gradients.
+        with quiet_nni(), torch_compat(), torch.random.fork_rng(devices=[]):
+            ModelSpeedup(model, torch.rand(*input_shape), masks, graph_module=graph,
+                         logger=SPEEDUP_LOG).speedup_model()
+        got, expect = widths_of(model, input_shape), {**{g: c.channels for g, c in reference.items()}, **cut}
+        wrong = [g for g in expect if got.get(g) != expect[g]]
+        if wrong:
+            g = wrong[0]
+            raise UsageError(f"the nni engine left group {g} at {got.get(g)} channels, not {expect[g]} "
+                             f"({len(wrong)} group(s) wrong; use --engine torch-pruning)")
+        return model
+
+    @staticmethod
+    def _groups(model: nn.Module, input_shape: tuple[int, ...], graph,
+                reference: dict[str, ChannelGroup] | None = None) -> dict[str, ChannelGroup]:
+        """NNI's coupled layer sets, named after the edgeprune group with the same layers."""
+        from nni.compression.speedup.dependency import build_channel_dependency
+        reference = reference if reference is not None else analyse(model, input_shape).groups
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+        logits = {id(m) for m in output_layers(model, input_shape)}
+        with quiet_nni(), torch_compat():
+            tied = [{n.target for n in s if n.target in layers} for s in build_channel_dependency(graph)]
+        seen = set().union(*tied) if tied else set()
+        sets = [s for s in tied if s] + [{n} for n in layers if n not in seen]
+        by_layers = {frozenset(p for p in g.producers if p in layers): name for name, g in reference.items()}
+        out = {}
+        for s in sets:
+            if any(id(layers[n]) in logits for n in s):
+                continue  # the logits are never pruned
+            name = by_layers.get(frozenset(s))
+            if name is None:
+                overlap = sorted(g for k, g in by_layers.items() if k & s)
+                if not overlap:
+                    continue  # layers edgeprune does not prune
+                raise UsageError(f"the nni engine couples {', '.join(sorted(s))} differently from edgeprune's "
+                                 f"channel group {overlap[0]}; prune this model with --engine torch-pruning")
+            widths = {_out_channels(layers[n]) for n in s}
+            if len(widths) != 1:
+                raise UsageError(f"the nni engine couples layers of different widths in group {name}")
+            out[name] = ChannelGroup(name, widths.pop(), sorted(s, key=list(layers).index))
+        return {name: out[name] for name in reference if name in out}  # edgeprune's order
+
+
+def _import_nni():
+    """NNI's ModelSpeedup, or MissingBackend with the install hint."""
+    try:
+        with quiet_nni():
+            from nni.compression.speedup import ModelSpeedup
+    except ImportError as e:  # message: "... install it with: pip install 'edgeprune[nni]'"
+        raise MissingBackend("nni", "nni", what="--engine nni") from e
+    return ModelSpeedup
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]):
+    """NNI's torch.fx trace of ``model`` with shapes (its dependency search needs them)."""
+    from nni.common.concrete_trace_utils import concrete_trace
+    with quiet_nni(), torch_compat(), torch.random.fork_rng(devices=[]):
+        dummy = torch.rand(*input_shape)
+        graph = concrete_trace(model, (dummy,))
+        ShapeProp(graph).propagate(dummy)
+    return graph
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
+def _mask(param: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones_like(param)
+    mask[drop] = 0
+    return mask

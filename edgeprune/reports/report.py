@@ -114,14 +114,23 @@ def _summary(r: dict) -> list[str]:
     rows = [
         ("model", fmt_text(r.get("model"))), ("target", fmt_text(r.get("target"))),
         ("input size", fmt_text(r.get("input_size"))), ("data", fmt_text(r.get("data"))),
+        ("pruning engine", fmt_text(r.get("engine", "torch-pruning"))),  # runs before --engine: Torch-Pruning
         ("budget", fmt_ms(r.get("budget_ms"))), ("baseline", fmt_ms(r.get("baseline_ms"))),
         ("predicted", fmt_ms(r.get("predicted_ms"))),
-        ("measured (median)", fmt_ms(r.get("measured_ms"))),
+        ("measured", fmt_ms(r.get("measured_ms"))),
         ("measured (p90)", fmt_ms(r.get("measured_p90_ms"))),
         ("speedup", fmt_speedup(r.get("speedup")) + _interval(r.get("speedup_ci"), r.get("speedup_method"))),
-        ("within budget", fmt_bool(r.get("within_budget"))),
+        ("within budget", fmt_bool(r.get("within_budget")) + _verdict(r.get("budget_verdict"))),
     ]
     return _section("Summary", md_table(("", "value"), rows))
+
+
+def _verdict(v: Any) -> str:
+    """' (fits: 0.9512 ms, 95% CI 0.9401–0.9650 ms)'; reports made before the verdict: ''."""
+    if not isinstance(v, dict) or not isinstance(v.get("ci_ms"), list) or len(v["ci_ms"]) != 2:
+        return ""
+    return (f" ({fmt_text(v.get('verdict'))}: {fmt_ms(v.get('latency_ms'))}, 95% CI "
+            f"{fmt_ms(v['ci_ms'][0])}–{fmt_ms(v['ci_ms'][1])})")
 
 
 def _interval(ci: Any, method: Any) -> str:
@@ -363,7 +372,7 @@ def print_summary(report: dict, console=None) -> None:
     table.add_column("after", justify="right")
     within = r.get("within_budget")
     mark = "" if within is None else (" ✓" if within else " ✗")
-    table.add_row("budget", "", fmt_ms(r.get("budget_ms")))
+    table.add_row("budget", "", fmt_ms(r.get("budget_ms")) + _verdict(r.get("budget_verdict")))
     table.add_row("latency", fmt_ms(r.get("baseline_ms")), fmt_ms(r.get("measured_ms")) + mark)
     table.add_row("speedup", "", fmt_speedup(r.get("speedup")))
     table.add_row("accuracy", fmt_pct(_metric(r, "before", "accuracy")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeprune.artifacts.onnxio import atomic_write
+from edgeprune.errors import UsageError
 from edgeprune.reports.report import (
     fmt_ms,
     fmt_pct,
@@ -13,17 +14,28 @@ from edgeprune.reports.report import (
     write_charts,
     write_report,
 )
-from edgeprune.runs import read_run
+from edgeprune.runs import Run, read_run
 
 
 def series_name(r: dict) -> str:
     return f"{(r.get('search') or {}).get('objective') or 'edgeprune'} · {r.get('target')}"
 
 
+def _report_of(run: Run) -> dict:
+    """The run's report to re-render, with what its run.json says (model, target, budget) in
+    place of the report's copies: the manifest is the run's contract, the report its story."""
+    if not run.report:
+        raise UsageError(f"{run.dir} has no report.json to render; run prune again")
+    m = run.manifest
+    if m is None:  # a run made before run.json: its report is all there is
+        return run.report
+    return {**run.report, "model": m.model, "target": m.target.name, "budget_ms": m.budget_ms}
+
+
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     """Refresh every run's report.md and charts; write OUT/pareto.png and OUT/report.md."""
     from edgeprune.reports.plots import Point, pareto_png
-    reports = [read_run(run, finished=False) for run in runs]  # all read before anything is written
+    reports = [_report_of(read_run(run, finished=False)) for run in runs]  # all read before anything is written
     out = Path(out)
     series: dict[str, list] = {}
     for run, r in zip(runs, reports):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar, TypeVar
 
 import numpy as np
 
-from edgeprune.runtime.cpus import pinned
+from edgeprune.runtime.cpus import cpu_wait_ns, pinned
 from edgeprune.runtime.spec import TargetSpec, TimingSpec
 from edgeprune.runtime.timing import (
     Alternation,
@@ -19,6 +20,9 @@ from edgeprune.runtime.timing import (
     measure_alternating,
     measure_interleaved,
 )
+
+T = TypeVar("T")
+MIN_GUARDED_S = 0.25  # shorter measurements (fake targets) are too short to judge contention
 
 
 @dataclass(frozen=True)
@@ -94,16 +98,42 @@ class Target(ABC):
         with pinned(self.spec.threads):
             return measure_alternating(a.run_once, b.run_once, timing or self.spec.timing)
 
+    def with_busy_share(self, run: Callable[[], T]) -> tuple[T, float | None]:
+        """``run()`` (a measurement) and the share of its wall time the device was busy with
+        something else, None when unknown or too short to judge. ``check`` reports a failure
+        measured on a busy device as inconclusive. Here the device is this host's CPU: the
+        time the measuring thread waited for a core (Linux schedstat). A target that measures
+        elsewhere (a board over the network, a GPU) asks its device instead."""
+        wait0, t0 = cpu_wait_ns(), time.perf_counter()
+        out = run()
+        wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
+        known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
+        return out, (round((wait1 - wait0) / 1e9 / wall, 4) if known else None)
+
     def artifact_kind(self) -> str:
-        """The export format (``edgeprune.artifacts.export.KINDS``) this target deploys; the pipeline
+        """The export format (``edgeprune.artifacts.kinds.KINDS``) this target deploys; the pipeline
         writes it beside model.onnx when it is not ONNX itself."""
         return "onnx"
 
     def fingerprint(self) -> dict:
-        """What must match for a latency table measured elsewhere to be trusted here."""
+        """What must match for a latency measured elsewhere (a table, a baseline) to count here.
+
+        Every key is compared (``fingerprint_mismatches``): a runtime that adds a condition
+        (ONNX Runtime's provider and model format, OpenVINO's device names) adds it here, and
+        tables and baselines both compare it from then on."""
         return {"runtime": self.runtime, "runtime_version": self.runtime_version(),
                 "device": self.spec.device, "threads": self.spec.threads,
                 "precision": self.spec.precision, **host_fingerprint()}
+
+
+def fingerprint_mismatches(recorded: dict, here: dict) -> dict[str, tuple]:
+    """{key: (recorded, here)} for each condition of ``here`` (a target's fingerprint, plus
+    whatever the caller adds, e.g. a table's model signature) that ``recorded`` also has and
+    that differs. The one definition of "measured under the same conditions": tables and
+    baselines kept lists of their own, and they had diverged (issue 10). A list read back from
+    JSON equals the tuple it was written from."""
+    norm = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    return {k: (recorded[k], v) for k, v in here.items() if k in recorded and norm(recorded[k]) != norm(v)}
 
 
 # CPU features that select different kernels in the runtimes (OpenVINO runs BF16 by default

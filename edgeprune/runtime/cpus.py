@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import ExitStack, contextmanager
 
 LOCK_DIR = os.path.join(tempfile.gettempdir(), "edgeprune-cpus")
@@ -127,4 +128,13 @@ def _set_affinity(tid: int, cpus: set[int]) -> set[int] | None:
         os.sched_setaffinity(tid, cpus)
         return previous
     except OSError:
+        return None
+
+
+def cpu_wait_ns() -> int | None:
+    """Nanoseconds this thread has spent runnable but not running (Linux), else None."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
         return None

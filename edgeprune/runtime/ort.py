@@ -100,9 +100,12 @@ class OrtTarget(Target):
         taken on the ONNX with the same optimisations (NCHWc off), whose node names map back to
         modules; timing runs load the converted .ort file itself."""
         import onnxruntime as ort
+
+        from edgeprune.artifacts.kinds import find_kind
         provider = self.provider()
         disabled = ["NchwcTransformer"] if self.format == "ort" else []
-        convert = self.format == "ort" and not profile_prefix and not str(onnx_path).endswith(".ort")
+        given = find_kind(onnx_path)
+        convert = self.format == "ort" and not profile_prefix and not (given and given.name == "ort")
         try:
             with tempfile.TemporaryDirectory() as tmp:  # the session keeps its own copy
                 path = to_ort_format(onnx_path, Path(tmp) / "model.ort") if convert else onnx_path

@@ -43,6 +43,7 @@ class LoopConfig:
     margin: float = 0.05   # aim this fraction under the budget so re-measurement noise still fits
     slack: float = 0.05    # a fit further under the aim than this is worth a larger try
     importance: str = "l1"  # which channels of a group are kept (the criterion the plan used)
+    engine: str = "torch-pruning"  # the PruningEngine that cuts them (engine.py)
     confirm: float = 0.15  # a measurement further than this from the table's prediction is taken
     #                        again before it moves the budget (0 = never): on a shared host two
     #                        readings of 1.46x and 1.75x the prediction left EfficientNet-Lite0
@@ -114,7 +115,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
             search_budget = max(floor, search_budget * (1 - cfg.margin))
             continue
         tried.add(key)
-        pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance)
+        pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance, engine=cfg.engine)
         latency, again, confirmed = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm)
         rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms, again,
                             table.calibrated(result.widths)))
