@@ -208,11 +208,12 @@ def greedy_widths(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg
     (BN re-estimated, as every candidate; NetAdapt fine-tunes briefly instead), and the best
     is kept. Why: random shapes scaled to a budget cut every group; the greedy descent finds
     budgets that a few groups can pay for. On ResNet-18 at 32 px (ort-cpu, issue 9) the table
-    charges layer4's weights for the cache they overflow, and the descent paid for a quarter
-    of the unpruned latency from layer3-4 alone: 87.7% after BN re-estimation at the 50%
-    budget's prediction, where the best random/mutated shape scored 86.3% and uniform 82.8%
-    (tools/routes_study.py, BENCHMARKS.md). When no group alone reaches a step's target the
-    descent stops there and ``fit_shape`` scales its shape the rest of the way."""
+    charges layer3-4's weights for the cache they overflow; the descent kept the stem, layer1
+    and layer2 whole and narrowed layer3-4's inner convolutions, and scored 87.6% after BN
+    re-estimation at both the 50% and the 35% budget's prediction, where the random and
+    mutated shapes' best scored 86.3% / 84.5% and uniform 82.8% / 81.2% (tools/routes_study.py,
+    BENCHMARKS.md). When no group alone reaches a step's target the descent stops there and
+    ``fit_shape`` scales its shape the rest of the way."""
     lo, hi = bounds(table, cfg)
     widths = dict(hi)
     start = table.predict(widths)
