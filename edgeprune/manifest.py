@@ -88,6 +88,7 @@ class RunManifest(_Part):
     widths: dict[str, int]
     importance: str
     objective: str | None = None
+    engine: str = "torch-pruning"                  # the pruning engine that removed the channels
     weights: Weights = Field(default_factory=Weights)
     table: TableRef | None = None
     budget_ms: float = Field(gt=0)
@@ -167,7 +168,7 @@ def stored_path(path: str | Path, run_dir: str | Path) -> str:
 
 
 def for_prune(s, out: Path, budget_ms: float, widths: dict[str, int], table, artifacts: list,
-              objective: str | None) -> RunManifest:
+              objective: str | None, engine: str = "torch-pruning") -> RunManifest:
     """The manifest of a finished prune run: ``s`` its Session, ``artifacts`` the exported
     files (model.onnx first, then the target's own format when it has one)."""
     from edgeprune import __version__
@@ -193,7 +194,7 @@ def for_prune(s, out: Path, budget_ms: float, widths: dict[str, int], table, art
         edgeprune_version=__version__, model=s.cfg.model, input_size=s.cfg.input_size,
         input_shape=list(s.input_shape), data=data,
         target=TargetRef(name=s.spec.name, file=target_file, fingerprint=s.target.fingerprint()),
-        widths=dict(widths), importance=s.cfg.importance, objective=objective,
+        widths=dict(widths), importance=s.cfg.importance, objective=objective, engine=engine,
         weights=Weights(pruned="model.pt", baseline=baseline),
         table=TableRef(hash=table.digest, path=str(table.path) if table.path else None),
         budget_ms=budget_ms, artifacts=arts)

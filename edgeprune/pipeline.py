@@ -82,6 +82,8 @@ def run_prune(job: PruneJob) -> dict:
     from edgeprune.training.models import model_stats, save_weights
 
     stages = Stages()
+    if job.out.exists() and not job.out.is_dir():  # else mkdir fails only after the profile is written
+        raise UsageError(f"--out {job.out} is an existing file; prune writes a directory there")
     if job.objective not in OBJECTIVES:
         from edgeprune.errors import unknown
         raise unknown("search objective", job.objective, OBJECTIVES)
@@ -154,7 +156,7 @@ def run_prune(job: PruneJob) -> dict:
     report["charts"] = write_charts(report, job.out)
     write_report(report, job.out)
     manifest.for_prune(s, job.out, budget, result.widths, table, [art, *([device_art] if device_art else [])],
-                       result.search.objective).write(job.out)  # last: its presence means the run finished
+                       result.search.objective, job.engine or "torch-pruning").write(job.out)  # last: its presence means the run finished
     for done in [*job.out.glob("finetune*.ckpt"), *job.out.glob("step*.json")]:
         done.unlink()
     return report
@@ -212,8 +214,8 @@ def prune_budget_ms(budget_ms: float | None, s: "Session") -> float:
         if budget_ms is None:
             raise UsageError(f"no --budget-ms given and target {s.spec.name!r} has no budget for "
                              f"{s.cfg.model!r} (budgets_ms: {', '.join(s.spec.budgets_ms) or 'none'})")
-    if not budget_ms > 0:
-        raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+    if not 0 < budget_ms < float("inf"):  # NaN fails both; inf would fit every model
+        raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
     return float(budget_ms)
 
 

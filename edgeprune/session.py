@@ -60,6 +60,7 @@ class Session:
     def open(cls, cfg: SessionConfig) -> "Session":
         import torch
 
+        from edgeprune.pruning.importance import CRITERIA
         from edgeprune.training.models import (
             build_model,
             check_input_size,
@@ -67,6 +68,11 @@ class Session:
             is_pretrained,
             load_weights,
         )
+        if cfg.importance not in CRITERIA:  # else refused only after a profile has been written
+            from edgeprune.errors import unknown
+            raise unknown("importance criterion", cfg.importance, CRITERIA)
+        if cfg.table and Path(cfg.table).is_dir():  # else profiling fails at the very end, writing it
+            raise UsageError(f"latency table {cfg.table} is a directory; name a .json file")
         spec = load_spec(cfg.target)
         target = get_target(spec)
         # idle torch threads spin after each op and would steal the core latency runs on

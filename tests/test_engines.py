@@ -145,6 +145,7 @@ def test_nni_prune_end_to_end(tmp_path, fake_target_file, capsys, monkeypatch):
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["engine"] == "nni" and report["within_budget"] and calls
     assert json.loads((out / "report.json").read_text())["engine"] == "nni"
+    assert json.loads((out / "run.json").read_text())["engine"] == "nni"  # the manifest says it too
     assert "| pruning engine | nni |" in (out / "report.md").read_text()
     assert any(w < c for w, c in zip(report["widths"].values(), analyse(build_model("tiny_resnet"), SHAPE)
                                      .full_widths().values()))  # NNI did cut

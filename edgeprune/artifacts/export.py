@@ -31,7 +31,7 @@ from edgeprune.artifacts.kinds import (  # noqa: F401  (re-exported)
     resolve_kind,
 )
 from edgeprune.artifacts.onnxio import export_onnx
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, UsageError
 
 VALIDATION_INPUTS = 3
 VALIDATION_SEED = 0
@@ -64,6 +64,8 @@ def export_artifact(model: nn.Module, kind: str, path: str | os.PathLike,
     atol = k.tolerance[0] if atol is None else atol
     rtol = k.tolerance[1] if rtol is None else rtol
     final = k.destination(path)
+    if final.is_dir():  # else the rename fails after the export, as an internal error
+        raise UsageError(f"--out {final} is an existing directory; name the artifact file to write")
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:

@@ -77,7 +77,7 @@ class ArtifactKind:
         """A one-line UsageError unless the file and all its companions are there."""
         *companions, main = self.files(path)
         if not main.is_file():
-            raise UsageError(f"{main} does not exist")
+            raise UsageError(f"{main} {'is a directory, not an artifact file' if main.is_dir() else 'does not exist'}")
         for c in companions:
             if not c.is_file():
                 raise UsageError(f"{c} is missing: the {self.name} artifact {main.name} needs its "

@@ -146,8 +146,8 @@ def check_budget(budget_ms: float | None, spec, meta: dict, source: str | None =
     """An explicit budget, else the target file's budget for the artifact's model, else the
     budget the artifact was pruned to (when it was pruned for this target)."""
     if budget_ms is not None:
-        if not budget_ms > 0:
-            raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+        if not 0 < budget_ms < float("inf"):  # NaN fails both; inf would fit every model
+            raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
         return Budget(float(budget_ms), source or "--budget-ms")
     model = meta.get("model")
     if model and spec.budget_for(model) is not None:
@@ -165,7 +165,7 @@ def artifact_metadata(path: Path) -> dict:
     a UsageError."""
     from edgeprune.artifacts.kinds import kind_of
     if not path.is_file():
-        raise UsageError(f"artifact {path} does not exist")
+        raise UsageError(f"artifact {path} {'is a directory, not a file' if path.is_dir() else 'does not exist'}")
     kind = kind_of(path)
     kind.check(path)
     try:

@@ -165,7 +165,9 @@ def colour_groups(structure: Structure, m: int) -> dict[str, int]:
         used = {colours[n] for n in neighbours[g] if n in colours}
         free = [c for c in range(m) if c not in used]
         if not free:
-            raise RuntimeError(f"{m} levels cannot separate the groups around {g}; use more levels")
+            # the user's --levels, too few for this model's layer graph: bad input, not a crash
+            raise UsageError(f"{m} levels cannot separate the groups around {g}; use more (--levels {m + 1} "
+                             "or above)")
         colours[g] = free[0]
     return colours
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from edgeprune.errors import MissingBackend, unknown
+from edgeprune.errors import MissingBackend, UsageError, unknown
 from edgeprune.runtime.base import Compiled, NodeTime, Target
 from edgeprune.runtime.spec import TargetSpec, load_spec
 
@@ -37,7 +37,10 @@ def get_target(spec_or_name: TargetSpec | str) -> Target:
     """A ready Target from a spec, a target name, or a YAML path; a missing runtime package
     raises MissingBackend with the install hint."""
     spec = load_spec(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
-    cls = target_class(spec.runtime)
+    try:
+        cls = target_class(spec.runtime)
+    except UsageError as e:  # name the target whose file holds the unknown runtime
+        raise UsageError(f"target {spec.name!r}: {e}") from None
     if not cls.installed():
         raise MissingBackend(cls.package, cls.extra, what=f"target {spec.name!r}")
     return cls(spec)

@@ -99,7 +99,8 @@ def load_spec(name_or_path: str) -> TargetSpec:
         where = f" line {mark.line + 1}" if mark else ""
         raise UsageError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise UsageError(f"{path}: expected a mapping of keys, got {got}")
     raw.setdefault("name", path.stem)
     try:
         return TargetSpec.model_validate(raw)

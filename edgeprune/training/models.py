@@ -214,13 +214,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a state dict (bare or under 'state_dict'/'model') safely, with a one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"weights file {p} does not exist")
+        raise UsageError(f"weights file {p} {'is a directory' if p.is_dir() else 'does not exist'}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors, unsafe globals, truncated files (any type)
         if isinstance(e, MACHINE_ERRORS):
             raise
-        raise UsageError(f"cannot read weights file {p}: {_first_line(e)}") from None
+        raise UsageError(f"cannot read weights file {p}: {_load_refusal(e)}") from None
     state = _extract_state_dict(obj, p)
     _check_state_dict(model, state, p)
     model.load_state_dict(state)
@@ -258,6 +258,17 @@ def _check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _load_refusal(e: BaseException) -> str:
+    """Why torch.load refused a file. Its weights_only refusal opens with advice to re-run with
+    weights_only=False (arbitrary code execution): never echo that; say what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return f"{_first_line(e)} (truncated, or not saved with torch.save?)"
+    why = next((line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))),
+               "unsupported content")
+    return f"not a state dict of tensors (refused with weights_only=True: {why})"
 
 
 def _first_line(e: BaseException) -> str:
