@@ -161,3 +161,19 @@ def test_a_table_that_over_predicts_does_not_leave_the_model_over_pruned(tiny_mo
     once = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, SlowerHost(0.7), budget, SearchConfig(),
                       LoopConfig(confirm=0))
     assert len(once.rounds) == 1
+
+
+def test_rounds_that_run_out_on_a_fit_far_under_the_budget_are_said(tiny_model, tiny_table, scores, capsys):
+    """A table far off near the picks: the first reading is 3x the budget (confirmed), the next
+    model fits far under it, and no round is left to grow back. The model is kept (it fits),
+    and the loop says how far under the budget it is instead of passing it off as a fit."""
+    budget = 0.8 * tiny_table.predict({})
+    target = NoisyFake([3 * budget] * 2)
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, target, budget, SearchConfig(),
+                   LoopConfig(max_rounds=2))
+    assert len(r.rounds) == 2 and r.latency.median_ms < 0.8 * budget
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "under the" in err and "profile again" in err
+    capsys.readouterr()
+    fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, NoisyFake([]), budget, SearchConfig())
+    assert "warning" not in capsys.readouterr().err  # a fit on the aim says nothing

@@ -139,14 +139,18 @@ def test_export_run_takes_input_size_and_target_from_the_manifest(pruned, tmp_pa
     assert read_metadata(out)["target"] == "fake"
 
 
+def assert_exports(run: Path, out: Path) -> None:
+    """``export --run`` on ``run`` writes an ONNX file at the run's input size."""
+    assert cli.main(["export", "tiny_resnet", "--run", str(run), "--out", str(out)]) == 0
+    assert input_dims(out)[2:] == [SIZE, SIZE]
+
+
 def test_a_moved_run_directory_still_works(pruned, tmp_path):
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(pruned["out"], moved)
     run = read_run(moved)
     assert run.weights == moved / "model.pt" and run.onnx == moved / "model.onnx"
-    out = tmp_path / "moved.onnx"
-    assert cli.main(["export", "tiny_resnet", "--run", str(moved), "--out", str(out)]) == 0
-    assert input_dims(out)[2:] == [SIZE, SIZE]
+    assert_exports(moved, tmp_path / "moved.onnx")
 
 
 def test_export_run_with_a_damaged_manifest_exits_2_in_one_line(pruned, tmp_path, capsys):
@@ -169,9 +173,7 @@ def test_a_run_made_before_run_json_still_exports_from_its_report(pruned, tmp_pa
     run = read_run(old)
     assert run.manifest is None and run.widths == pruned["report"]["widths"] and run.target == "fake"
     monkeypatch.setenv("EDGEPRUNE_TARGETS", str(pruned["target"].parent))
-    out = tmp_path / "old.onnx"
-    assert cli.main(["export", "tiny_resnet", "--run", str(old), "--out", str(out)]) == 0
-    assert input_dims(out)[2:] == [SIZE, SIZE]
+    assert_exports(old, tmp_path / "old.onnx")
 
 
 def test_a_rerun_into_the_directory_drops_the_old_manifest_until_it_finishes(pruned, tmp_path, monkeypatch):
