@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeprune.checks.request import CheckRequest
 from edgeprune.errors import UsageError
 from edgeprune.latency.table import LatencyTable
 from edgeprune.pipeline import PruneJob, run_prune
@@ -94,7 +95,7 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
                    engine=engine)
-    return run_prune(job)
+    return run_prune(job).to_json_dict()  # the report as report.json holds it (a typed PruneReport: run_prune)
 
 
 def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | None = None,
@@ -120,7 +121,7 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
                                            test_samples, preset, seed))
 
 
-def check(artifact: str | None = None, target: str | None = None, baseline: str | None = None,
+def check(artifact: str | CheckRequest | None = None, target: str | None = None, baseline: str | None = None,
           tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
           allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None,
           reference: str | None = None, absolute: bool = False, run: str | None = None) -> list:
@@ -130,36 +131,14 @@ def check(artifact: str | None = None, target: str | None = None, baseline: str 
     ``absolute`` compares with the baseline's recorded numbers instead. Returns one
     ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
     ``run``: a prune output directory; its run.json names the artifact, target and budget.
-    A single check's bad input raises UsageError; in a deploy file it becomes that check's error."""
-    from edgeprune.checks.check import DEFAULT_TOLERANCE, CheckResult, run_check
-    from edgeprune.errors import EdgepruneError
-    budget_source = None
-    if run is not None:  # a prune run: its deployed artifact, target and budget (run.json), unless given
-        if deploy is not None:
-            raise UsageError("--run checks one prune run; it does not combine with --all")
-        from edgeprune.runs import read_run
-        r = read_run(run)
-        artifact, target = artifact or str(r.artifact), target or r.target
-        if budget_ms is None and r.budget_ms is not None:
-            budget_ms, budget_source = r.budget_ms, f"run {run}"
-    if (artifact is None) == (deploy is None):
-        raise UsageError("give either an artifact or a deploy file (--all), not both or neither")
-    if deploy is None:
-        return [run_check(artifact, target, baseline, DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                          budget_ms, update, allow_mismatch, confirm, budget_source=budget_source,
-                          reference=reference, absolute=absolute)]
-    if reference:
-        raise UsageError("--reference compares one artifact with another; it does not combine with --all")
-    if target or baseline or budget_ms is not None:
-        raise UsageError("--target, --baseline and --budget-ms belong in the deploy file's checks, not with --all")
-    from edgeprune.checks.deploy import load_deploy
-    results = []
-    for c in load_deploy(deploy):
-        tol = c.tolerance if c.tolerance is not None else tolerance
-        try:
-            results.append(run_check(c.artifact, c.target, c.baseline, DEFAULT_TOLERANCE if tol is None else tol,
-                                     c.budget_ms, update, allow_mismatch, confirm, budget_source="deploy file",
-                                     baseline_root=Path(deploy).parent / "profiles", absolute=absolute))
-        except EdgepruneError as e:
-            results.append(CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(e)]))
-    return results
+    ``artifact`` may instead be a whole ``CheckRequest`` (what the CLI passes), with no other
+    argument. Contradictory arguments and a single check's bad input raise UsageError; in a
+    deploy file an entry's bad input becomes that check's error."""
+    from edgeprune.checks.check import run_checks
+    if isinstance(artifact, CheckRequest):
+        if (target, baseline, tolerance, budget_ms, update, allow_mismatch, confirm, deploy, reference,
+                absolute, run) != (None, None, None, None, False, False, True, None, None, False, None):
+            raise TypeError("check(request) takes no other arguments: they are the request's fields")
+        return run_checks(artifact)
+    return run_checks(CheckRequest.from_flags(artifact, target, baseline, tolerance, budget_ms, update,
+                                              allow_mismatch, confirm, deploy, reference, absolute, run))

@@ -188,9 +188,10 @@ def cmd_check(a) -> int:
     from edgeprune.api import check
     from edgeprune.checks.check import exit_code
     from edgeprune.checks.check_report import junit_cases, render, to_json
-    results = check(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
-                    a.allow_mismatch, not a.no_confirm, deploy=a.all, reference=a.reference,
-                    absolute=a.absolute, run=a.run)
+    from edgeprune.checks.request import CheckRequest
+    results = check(CheckRequest.from_flags(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
+                                            a.allow_mismatch, not a.no_confirm, deploy=a.all, run=a.run,
+                                            reference=a.reference, absolute=a.absolute))  # refuses contradictions
     if a.junit:
         from edgeprune.checks.junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")

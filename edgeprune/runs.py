@@ -5,18 +5,19 @@ damaged or unfinished run.
 A run made since run.json exists is read from its manifest (``edgeprune.manifest``): typed,
 versioned, paths relative to the run. A run made before has only report.json; it is still read,
 from the same report keys as before (model, widths, input_size, target, data, device_artifact),
-so those runs keep working. A run.json that is present but unusable is an error, never a silent
+so those runs keep working. Either way report.json is validated on read
+(``reports.model.load_report``): a damaged one is one line, not a KeyError later. A run.json that is present but unusable is an error, never a silent
 fall-back to report.json: that would hide a damaged run behind older, looser defaults.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune import manifest as manifest_mod
 from edgeprune.errors import UsageError
 from edgeprune.manifest import RunManifest
+from edgeprune.reports.model import PruneReport, load_report
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Run:
     onnx: Path
     device_artifact: Path | None  # the target's own format beside model.onnx (model.ort, model.xml)
     device_kind: str | None
-    report: dict = field(default_factory=dict)  # report.json ({} when the run has none)
+    report: PruneReport | None = None            # report.json (None when the run has none)
     manifest: RunManifest | None = None          # None: a run made before run.json
     data_root: str | None = None
 
@@ -53,7 +54,7 @@ def read_run(run: str | Path, finished: bool = True) -> Run:
     if (run / manifest_mod.FILENAME).exists():
         r = _from_manifest(run, manifest_mod.read(run))
     elif (run / "report.json").exists():
-        r = _from_report(run, _read_report(run / "report.json"), finished)
+        r = _from_report(run, load_report(run / "report.json"), finished)
     else:
         raise UsageError(f"{run} is not a prune output directory: it has neither run.json nor report.json")
     if finished:
@@ -69,29 +70,17 @@ def _from_manifest(run: Path, m: RunManifest) -> Run:
     return Run(run, m.model, dict(m.widths), m.input_size, m.target.ref, m.data.source if m.data else None,
                m.budget_ms, m.path(run, m.weights.pruned), m.path(run, m.artifacts["onnx"].path),
                m.path(run, device.path) if device else None, device.kind if device else None,
-               _read_report(report_path) if report_path.exists() else {}, m, m.data.root if m.data else None)
+               load_report(report_path) if report_path.exists() else None, m, m.data.root if m.data else None)
 
 
-def _from_report(run: Path, report: dict, finished: bool) -> Run:
+def _from_report(run: Path, report: PruneReport, finished: bool) -> Run:
     """An older run (no run.json): the keys export and quantize always read from its report."""
     path = run / "report.json"
-    if finished:
-        missing = [k for k in ("model", "widths") if k not in report]
-        if missing:
-            raise UsageError(f"{path} lacks {', '.join(missing)}: not a report written by edgeprune prune")
-    device = report.get("device_artifact") or {}
-    kind = device.get("kind") if isinstance(device, dict) else None
+    if finished and report.widths is None:
+        raise UsageError(f"{path} lacks widths: not a report written by edgeprune prune")
+    if finished and isinstance(report.input_size, list):  # rebuilding the model needs the side
+        raise UsageError(f"{path}: input_size: expected the side in pixels, got {report.input_size}")
+    kind = report.device_artifact.kind if report.device_artifact else None
     own = {"openvino": "model.xml", "openvino-fp16": "model.xml", "ort": "model.ort"}.get(kind or "")
-    return Run(run, report.get("model"), report.get("widths"), report.get("input_size"), report.get("target"),
-               report.get("data"), report.get("budget_ms"), run / "model.pt", run / "model.onnx",
-               run / own if own else None, kind, report, None)
-
-
-def _read_report(path: Path) -> dict:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    if not isinstance(report, dict):
-        raise UsageError(f"{path} is not a report written by edgeprune prune")
-    return report
+    return Run(run, report.model, report.widths, report.input_size, report.target, report.data, report.budget_ms,
+               run / "model.pt", run / "model.onnx", run / own if own else None, kind, report, None)

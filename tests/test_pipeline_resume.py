@@ -76,6 +76,14 @@ def test_the_loops_readings_are_kept_beside_the_table(tmp_path, fake_target_file
     assert len(json.loads(sidecar.read_text())["landings"]) == len(report["rounds"])
     assert report["table"]["error_at_picks"]["profile_median_abs"] is not None
     assert "landings" in (tmp_path / "out" / "report.md").read_text()
+    # report.json is a typed PruneReport (issue 10): validated on read, written back byte for byte
+    from edgeprune.reports.model import SCHEMA_VERSION, load_report
+    from edgeprune.reports.report import write_report
+    written = (tmp_path / "out" / "report.json").read_text()
+    typed = load_report(tmp_path / "out" / "report.json")
+    assert typed.schema_version == SCHEMA_VERSION and typed.to_json_dict() == report == json.loads(written)
+    again, _ = write_report(typed, tmp_path / "again")
+    assert again.read_text() == written
     # the run's manifest (issue 10) says what its report says
     from edgeprune.manifest import read
     manifest = read(tmp_path / "out")

@@ -2,8 +2,11 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
+from edgeprune.errors import UsageError
+from edgeprune.reports.model import load_report
 from edgeprune.reports.report import (
     fmt_ms,
     print_summary,
@@ -125,3 +128,39 @@ def test_search_section_shows_the_accuracy_path_and_the_paired_speedup():
                  "3.31× (95% CI 3.20–3.40, paired)"):
         assert text in md, text
     assert "## Search and accuracy" not in render_markdown(MINIMAL)
+
+
+# --- the typed model (reports/model.py): report.json validated on read --------------------------
+
+def write_json(tmp_path, content) -> Path:
+    path = tmp_path / "report.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ({**FULL, "budget_ms": "x"}, "budget_ms: Input should be a valid number"),
+    ({**FULL, "layers": [{"group": "g0", "kept": "half"}]}, "layers.0.kept"),
+    ({k: v for k, v in FULL.items() if k != "model"}, "model: Field required"),
+    ({**FULL, "schema_version": 99}, "schema version 99"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+])
+def test_a_damaged_report_is_refused_in_one_line(tmp_path, content, fragment):
+    with pytest.raises(UsageError) as e:
+        load_report(write_json(tmp_path, content))
+    assert fragment in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_an_older_report_loads_renders_and_keeps_exactly_its_keys(tmp_path):
+    """A report made before the schema (no schema_version, engine, budget_verdict, search...)
+    loads, renders as the dict does, and is written back with the same keys, nothing added;
+    a section another command added (quantize's precisions) is kept."""
+    precisions = {"target": "openvino-cpu", "test_images": 10, "calibration_images": 5, "rows": []}
+    for old in (MINIMAL, FULL, {**FULL, "precisions": precisions}):
+        r = load_report(write_json(tmp_path, old))
+        assert r.schema_version is None and r.to_json_dict() == old  # (in prune's key order: FULL's is not)
+        assert render_markdown(r) == render_markdown(old)
+    assert "| pruning engine | torch-pruning |" in render_markdown(load_report(write_json(tmp_path, MINIMAL)))
+    json_path, _ = write_report(load_report(write_json(tmp_path, FULL)), tmp_path / "again")
+    assert json.loads(json_path.read_text()) == FULL

@@ -38,3 +38,13 @@ def test_report_on_a_directory_without_a_run_is_one_line_and_exit_2(tmp_path, cl
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "nothing" in r.stderr
     assert not (good / "pareto.png").exists()  # nothing written when one input is bad
+
+
+def test_a_damaged_report_is_one_line_and_exit_2(tmp_path, cli):
+    """report.json is validated on read (reports/model.py): a string where a number belongs is
+    named, not rendered as "—" or a TypeError in the plot."""
+    bad = write_run(tmp_path / "bad", budget_ms="x")
+    r = cli(["report", bad], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "budget_ms" in r.stderr and not (bad / "report.md").exists()

@@ -85,7 +85,7 @@ def compare_precisions(job: PrecisionJob) -> dict:
     run = Path(job.run)
     info = read_run(run)  # its run.json (or an older run's report.json)
     report = info.report  # gains a Precisions section
-    if not report:
+    if report is None:
         raise UsageError(f"{run} has no report.json to add the comparison to; run prune again")
     target = resolve_target(job.target, {"target": info.target})
     require_nncf()
@@ -124,10 +124,10 @@ def compare_precisions(job: PrecisionJob) -> dict:
     from edgeprune.reports.report import write_report
     keep = ("precision", "path", "size_bytes", "median_ms", "p90_ms", "speedup_vs_fp32", "accuracy",
             "accuracy_delta_vs_fp32", "f1")
-    write_report({**report, "precisions": {  # the run's report gains a Precisions section
+    write_report(report.model_copy(update={"precisions": {  # the report gains a Precisions section (an extra key)
         "target": s.spec.name, "test_images": result["test_images"],
         "calibration_images": result["calibration_images"],
-        "rows": [{k: row[k] for k in keep} for row in rows]}}, run)
+        "rows": [{k: row[k] for k in keep} for row in rows]}}), run)
     return result
 
 

@@ -8,6 +8,7 @@ numbers is the environment's drift since the baseline; it is reported, and judge
 ``absolute`` (which compares the new artifact with the recorded numbers, for a steady board
 whose image or clock changed). Without a usable copy the comparison is absolute, with a note.
 ``--reference OLD`` is the paired comparison with any previous artifact, no baseline file.
+The modes and which flags combine are ``request.CheckRequest``'s; ``run_check`` runs one.
 
 A measurement is ``SESSIONS`` fresh runtime sessions (each compiles the model again, so
 per-process effects such as memory placement vary between them) of several windows each. A
@@ -50,6 +51,7 @@ from edgeprune.checks.comparison import (  # noqa: F401
     compare_paired,
     latency_of,
 )
+from edgeprune.checks.request import CheckRequest, Mode
 from edgeprune.errors import UsageError
 
 SESSIONS = 2                # sessions per measurement
@@ -162,65 +164,53 @@ def measure_pair(target, reference, candidate, timing, tolerance: float, session
 
 # --- the check ---------------------------------------------------------------------------------
 
-def run_check(artifact: str, target: str | None = None, baseline: str | None = None,
-              tolerance: float = DEFAULT_TOLERANCE, budget_ms: float | None = None, update: bool = False,
-              allow_mismatch: bool = False, confirm: bool = True, budget_source: str | None = None,
-              baseline_root: str | Path = "profiles", reference: str | None = None,
-              absolute: bool = False) -> CheckResult:
-    """Measure ``artifact`` on ``target`` and compare with its baseline (or, with ``update``,
-    write the baseline). The comparison is paired with the baseline's frozen copy of the old
-    artifact when that can run here, else (or with ``absolute``) against its recorded numbers.
-    Bad input raises UsageError; performance failures are in the result."""
+def run_checks(request: CheckRequest) -> list[CheckResult]:
+    """Every single check ``request`` stands for (``CheckRequest.checks``). One bad entry of a
+    deploy file must not hide the others' verdicts, so its error becomes that entry's result;
+    a single check's bad input raises UsageError (the CLI's one line, exit 2)."""
+    from edgeprune.errors import EdgepruneError
+    checks = request.checks()
+    if request.deploy is None:
+        return [run_check(c) for c in checks]
+    results = []
+    for c in checks:
+        try:
+            results.append(run_check(c))
+        except EdgepruneError as e:
+            results.append(CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(e)]))
+    return results
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """What every mode needs, resolved once: the target, the artifact and its metadata, the
+    baseline file's path and the target's fingerprint (what must match for a comparison)."""
+
+    target: object
+    path: Path
+    meta: dict
+    bpath: Path
+    fingerprint: dict
+
+
+def run_check(request: CheckRequest) -> CheckResult:
+    """Measure ``request.artifact`` on its target in the request's mode: compare with its
+    baseline (paired with the baseline's frozen copy of the old artifact when that can run
+    here, else or with ``absolute`` against its recorded numbers), with a ``reference``
+    artifact, or ``update`` the baseline; and judge the budget. Bad input raises UsageError;
+    performance failures are in the result. ``--all`` and ``--run`` are ``run_checks``'s."""
     from edgeprune.runtime import get_target
+    if request.deploy is not None or request.run is not None:
+        raise ValueError("run_check checks one artifact; run_checks(request) expands --all and --run")
     t0 = time.perf_counter()
-    if not 0 <= tolerance < 1:
-        raise UsageError(f"tolerance must be a fraction in [0, 1), got {tolerance}")
-    path = Path(artifact)
+    path = Path(request.artifact)
     meta = artifact_metadata(path)
-    tgt = get_target(target or meta.get("target") or "ort-cpu")
-    bpath = Path(baseline) if baseline else default_path(tgt.spec.name, path, baseline_root)
-    res = CheckResult(str(artifact), tgt.spec.name, str(bpath))
-    res.budget = check_budget(budget_ms, tgt.spec, meta, budget_source)
-    fp = tgt.fingerprint()
-    if reference:  # same-run comparison with the previous artifact: no baseline file involved
-        if update or absolute:
-            raise UsageError("--reference compares two artifacts in one run; it takes neither --update nor "
-                             "--absolute")
-        ref = Path(reference)
-        artifact_metadata(ref)  # a missing or corrupt reference is bad input
-        res.baseline = str(ref)
-        res.notes.append(f"same-run comparison with {ref} (alternating blocks in one run)")
-        judge(res, lambda: measure_pair(tgt, ref, path, tgt.spec.timing, tolerance), None, tolerance, confirm)
-        res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
-    elif update:
-        timing = check_timing(tgt.spec.timing)
-        used = _baseline_attempts(res, lambda: measure_attempt(tgt, path, timing))
-        res.baseline_ms = latency_of([w for a in used for w in a.windows_ms])
-        frozen = freeze(path, bpath)
-        record(path, meta, tgt.spec.name, fp, timing.model_dump(), SESSIONS, used, res.baseline_ms,
-               frozen).save(bpath)
-        res.notes.append(f"baseline written to {bpath}, with a frozen copy of the artifact beside it")
-        res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
-    else:
-        if not bpath.is_file():
-            where = f" --baseline {baseline}" if baseline else ""
-            raise UsageError(f"no baseline at {bpath}; create it with: edgeprune check {artifact} "
-                             f"--target {target or tgt.spec.name}{where} --update")
-        base = Baseline.load(bpath)
-        check_same_artifact(base, path, bpath)
-        res.baseline_ms = float(base.latency["latency_ms"])
-        _describe_baseline(res, base, path, fp, allow_mismatch)
-        timing = _timing(base, bpath)
-        old = None if absolute or res.incomparable else frozen_artifact(base, bpath, res.notes)
-        if old is not None:  # the baseline's own artifact runs here: compare in one run
-            judge(res, lambda: measure_pair(tgt, old, path, timing, tolerance), None, tolerance, confirm)
-            _note_drift(res, base, tolerance)
-        else:
-            if not absolute and not res.incomparable:
-                res.notes.append("absolute comparison with the baseline's recorded numbers: on a shared "
-                                 "host its drift between the two dates is part of the ratio")
-            judge(res, lambda: measure_attempt(tgt, path, timing, base.sessions),
-                  base.windows if allow_mismatch or not res.incomparable else None, tolerance, confirm)
+    tgt = get_target(request.target or meta.get("target") or "ort-cpu")
+    bpath = Path(request.baseline) if request.baseline else default_path(tgt.spec.name, path, request.baseline_root)
+    res = CheckResult(str(request.artifact), tgt.spec.name, str(bpath))
+    res.budget = check_budget(request.budget_ms, tgt.spec, meta, request.budget_source)
+    _MODES[request.mode](res, request, _Subject(tgt, path, meta, bpath, tgt.fingerprint()))
+    update = request.mode is Mode.UPDATE
     res.latency_ms = res.baseline_ms if update else min(a.latency_ms for a in res.attempts)
     if res.budget is None:
         res.notes.append("no budget (none given, none in the target file for this model)")
@@ -231,6 +221,69 @@ def run_check(artifact: str, target: str | None = None, baseline: str | None = N
         res.status = "fail" if res.problems else ("updated" if update else "pass")
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _against_reference(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
+    """Mode ``reference``: the old artifact runs in turn with the new one; no baseline file."""
+    ref = Path(req.reference)
+    artifact_metadata(ref)  # a missing or corrupt reference is bad input
+    res.baseline = str(ref)
+    res.notes.append(f"same-run comparison with {ref} (alternating blocks in one run)")
+    tgt, tol = s.target, req.tolerance
+    judge(res, lambda: measure_pair(tgt, ref, s.path, tgt.spec.timing, tol), None, tol, req.confirm)
+    res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
+
+
+def _update(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
+    """Mode ``update``: pooled undisturbed measurements and a frozen copy of the artifact, so a
+    later check can run the old artifact beside the new one."""
+    timing = check_timing(s.target.spec.timing)
+    used = _baseline_attempts(res, lambda: measure_attempt(s.target, s.path, timing))
+    res.baseline_ms = latency_of([w for a in used for w in a.windows_ms])
+    frozen = freeze(s.path, s.bpath)
+    record(s.path, s.meta, s.target.spec.name, s.fingerprint, timing.model_dump(), SESSIONS, used,
+           res.baseline_ms, frozen).save(s.bpath)
+    res.notes.append(f"baseline written to {s.bpath}, with a frozen copy of the artifact beside it")
+    res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
+
+
+def _against_baseline(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
+    """Mode ``baseline``: paired with the baseline's frozen artifact when it runs here (a shared
+    host's drift cancels), else, or with ``absolute``, against its recorded numbers."""
+    tgt, bpath, tol = s.target, s.bpath, req.tolerance
+    if not bpath.is_file():
+        where = f" --baseline {req.baseline}" if req.baseline else ""
+        raise UsageError(f"no baseline at {bpath}; create it with: edgeprune check {req.artifact} "
+                         f"--target {req.target or tgt.spec.name}{where} --update")
+    base = Baseline.load(bpath)
+    check_same_artifact(base, s.path, bpath)
+    res.baseline_ms = float(base.latency["latency_ms"])
+    _describe_baseline(res, base, s.path, s.fingerprint, req.allow_mismatch)
+    timing = _timing(base, bpath)
+    old = None if req.absolute or res.incomparable else frozen_artifact(base, bpath, res.notes)
+    if old is not None:  # the baseline's own artifact runs here: compare in one run
+        judge(res, lambda: measure_pair(tgt, old, s.path, timing, tol), None, tol, req.confirm)
+        _note_drift(res, base, tol)
+        return
+    if not req.absolute and not res.incomparable:
+        res.notes.append("absolute comparison with the baseline's recorded numbers: on a shared "
+                         "host its drift between the two dates is part of the ratio")
+    judge(res, lambda: measure_attempt(tgt, s.path, timing, base.sessions),
+          base.windows if req.allow_mismatch or not res.incomparable else None, tol, req.confirm)
+
+
+def _budget_only(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
+    """Mode ``budget`` (the pytest plugin's assertion): no old artifact, only the budget."""
+    if res.budget is None:
+        raise UsageError(f"no budget for {req.artifact} on {s.target.spec.name}: give one or add it to "
+                         "the target file's budgets_ms")
+    res.baseline = None
+    timing = check_timing(s.target.spec.timing)
+    judge(res, lambda: measure_attempt(s.target, s.path, timing), None, req.tolerance, req.confirm)
+
+
+_MODES = {Mode.BASELINE: _against_baseline, Mode.REFERENCE: _against_reference, Mode.UPDATE: _update,
+          Mode.BUDGET: _budget_only}
 
 
 def judge(res: CheckResult, measure: Callable[[], Attempt], baseline_windows, tolerance: float,

@@ -19,12 +19,13 @@ naming the file and the key, like target files.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeprune.checks.request import CheckRequest
 from edgeprune.errors import UsageError, suggest
 
 
@@ -80,6 +81,17 @@ def load_deploy(path: str | os.PathLike) -> list[DeployCheck]:
     except ValidationError as e:
         raise UsageError(f"{path}: {_first_error(e)}") from None
     return _expand(spec, path.parent)
+
+
+def requests(base: CheckRequest) -> list[CheckRequest]:
+    """The single checks of ``base.deploy``: each entry's artifact, target, baseline, budget and
+    tolerance (else ``base``'s tolerance) with ``base``'s mode and flags. Baselines default to
+    profiles/ beside the deploy file, so the file's checks find them from any directory."""
+    root = Path(base.deploy).parent / "profiles"
+    return [replace(base, deploy=None, artifact=c.artifact, target=c.target, baseline=c.baseline,
+                    budget_ms=c.budget_ms, budget_source="deploy file", baseline_root=root,
+                    tolerance=c.tolerance if c.tolerance is not None else base.tolerance)
+            for c in load_deploy(base.deploy)]
 
 
 def _expand(spec: DeployFile, root: Path) -> list[DeployCheck]:

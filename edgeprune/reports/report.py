@@ -1,7 +1,10 @@
 """The run report: JSON for machines, Markdown for people, a short table for the terminal.
 
-Every key except model/target/budget may be missing (a run can stop early or skip stages), so
-each section renders what is there and shows "—" for a missing value instead of failing.
+The pipeline builds the report as a typed ``PruneReport`` (``reports/model.py``); the renderers
+here also take the plain dict of a report.json made by any version. Every key except
+model/target/budget may be missing (a run can stop early or skip stages, an older version wrote
+fewer keys), so each section renders what is there and shows "—" for a missing value instead of
+failing.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edgeprune.artifacts.onnxio import atomic_write
+from edgeprune.reports.model import PruneReport, as_report_dict
 
 MISSING = "—"
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -288,10 +292,11 @@ def _charts(r: dict) -> list[str]:
     return _section("Charts", lines) if lines else []
 
 
-def write_charts(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+def write_charts(report: PruneReport | dict, out_dir: str | os.PathLike) -> dict[str, str]:
     """pareto.png (unpruned and pruned model) and layers.png (measured per-layer time before and
     after) beside the report; returns {chart: file name} for report.md to link."""
     from edgeprune.reports.plots import Point, layers_png, pareto_png
+    report = as_report_dict(report)
     out, charts = Path(out_dir), {}
     name = f"{fmt_text(report.get('model'))} on {fmt_text(report.get('target'))}"
     before, after = (_num(report.get(k)) for k in ("baseline_ms", "measured_ms"))
@@ -317,8 +322,9 @@ SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _summary, _model, _search, _layers, _rounds, _table, _stages, _finetune, _artifact, _precisions, _charts, _versions)
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: PruneReport | dict) -> str:
     """The whole report as Markdown: title, then each section that has data."""
+    report = as_report_dict(report)
     title = f"# edgeprune report: {fmt_text(report.get('model'))} on {fmt_text(report.get('target'))}"
     lines = [title, ""]
     for section in SECTIONS:
@@ -350,22 +356,24 @@ def _write_atomic(path: Path, text: str) -> Path:
     return Path(path)
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write report.json and report.md into ``out_dir``; returns (json path, md path)."""
+def write_report(report: PruneReport | dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write report.json and report.md into ``out_dir``; returns (json path, md path). A
+    PruneReport is written as ``PruneReport.to_json_dict``: the keys report.json always had."""
     out = Path(out_dir)
+    report = as_report_dict(report)
     text = json.dumps(report, indent=2, default=_json_default, ensure_ascii=False) + "\n"
     json_path = _write_atomic(out / "report.json", text)
     md_path = _write_atomic(out / "report.md", render_markdown(report))
     return json_path, md_path
 
 
-def print_summary(report: dict, console=None) -> None:
+def print_summary(report: PruneReport | dict, console=None) -> None:
     """A short table on stdout: the numbers a user looks at first."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    r = report
+    r = as_report_dict(report)
     table = Table(title=f"{fmt_text(r.get('model'))} on {fmt_text(r.get('target'))}")
     table.add_column("")
     table.add_column("before", justify="right")

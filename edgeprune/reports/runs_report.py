@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgeprune.artifacts.onnxio import atomic_write
 from edgeprune.errors import UsageError
+from edgeprune.reports.model import PruneReport
 from edgeprune.reports.report import (
     fmt_ms,
     fmt_pct,
@@ -17,19 +18,20 @@ from edgeprune.reports.report import (
 from edgeprune.runs import Run, read_run
 
 
-def series_name(r: dict) -> str:
-    return f"{(r.get('search') or {}).get('objective') or 'edgeprune'} · {r.get('target')}"
+def series_name(r: PruneReport) -> str:
+    return f"{(r.search.objective if r.search else None) or 'edgeprune'} · {r.target}"
 
 
-def _report_of(run: Run) -> dict:
-    """The run's report to re-render, with what its run.json says (model, target, budget) in
-    place of the report's copies: the manifest is the run's contract, the report its story."""
-    if not run.report:
+def _report_of(run: Run) -> PruneReport:
+    """The run's report to re-render (validated on read), with what its run.json says (model,
+    target, budget) in place of the report's copies: the manifest is the run's contract, the
+    report its story."""
+    if run.report is None:
         raise UsageError(f"{run.dir} has no report.json to render; run prune again")
     m = run.manifest
     if m is None:  # a run made before run.json: its report is all there is
         return run.report
-    return {**run.report, "model": m.model, "target": m.target.name, "budget_ms": m.budget_ms}
+    return run.report.model_copy(update={"model": m.model, "target": m.target.name, "budget_ms": m.budget_ms})
 
 
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
@@ -39,18 +41,18 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     series: dict[str, list] = {}
     for run, r in zip(runs, reports):
-        r["charts"] = write_charts(r, run)
+        r.charts = write_charts(r, run)
         write_report(r, run)
-        if r.get("measured_ms") is not None and r.get("accuracy_after") is not None:
+        if r.measured_ms is not None and r.accuracy_after is not None:
             series.setdefault(series_name(r), []).append(
-                Point(r["measured_ms"], r["accuracy_after"], label=f"{Path(run).name}"))
-        if r.get("baseline_ms") is not None and r.get("accuracy_before") is not None:
-            series.setdefault(f"unpruned · {r.get('target')}", []).append(Point(r["baseline_ms"], r["accuracy_before"]))
+                Point(r.measured_ms, r.accuracy_after, label=f"{Path(run).name}"))
+        if r.baseline_ms is not None and r.accuracy_before is not None:
+            series.setdefault(f"unpruned · {r.target}", []).append(Point(r.baseline_ms, r.accuracy_before))
     series = {k: list({(p.latency_ms, p.accuracy): p for p in v}.values()) for k, v in series.items()}
     pareto_png(series, out / "pareto.png", "accuracy against measured latency")
-    rows = [(f"[{Path(run).name}]({Path(run).resolve() / 'report.md'})", str(r.get("model")), str(r.get("target")),
-             series_name(r).split(" · ")[0], fmt_ms(r.get("budget_ms")), fmt_ms(r.get("measured_ms")),
-             fmt_speedup(r.get("speedup")), fmt_pct(r.get("accuracy_before")), fmt_pct(r.get("accuracy_after")))
+    rows = [(f"[{Path(run).name}]({Path(run).resolve() / 'report.md'})", r.model, r.target,
+             series_name(r).split(" · ")[0], fmt_ms(r.budget_ms), fmt_ms(r.measured_ms),
+             fmt_speedup(r.speedup), fmt_pct(r.accuracy_before), fmt_pct(r.accuracy_after))
             for run, r in zip(runs, reports)]
     lines = ["# edgeprune runs", "", "![accuracy against measured latency](pareto.png)", "",
              *md_table(("run", "model", "target", "objective", "budget", "measured", "speed-up",

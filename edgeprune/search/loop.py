@@ -3,7 +3,6 @@ latency is over budget, tighten the search budget by the measured miss and try a
 from __future__ import annotations
 
 import sys
-
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
