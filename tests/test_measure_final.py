@@ -24,6 +24,9 @@ class Scripted:
         self.script = list(script)
         self.calls = 0
 
+    def with_busy_share(self, run):
+        return run(), None  # the share is unknown: as on a host without schedstat
+
     def measure_alternating(self, a, b, timing=None):
         self.calls += 1
         base, final = self.script.pop(0)
@@ -68,3 +71,20 @@ def test_budget_verdict_is_the_lower_quartile_with_an_interval():
     assert d["verdict"] == "fits" and d["ci_ms"][0] <= d["latency_ms"] <= d["ci_ms"][1] and d["windows"] == 5
     assert "inconclusive" not in v.describe() and "2.0000 ms" in v.describe()
     assert budget_verdict([3.0, 3.1, 3.2], 2.0).verdict == "over"
+
+
+class Busy(Scripted):
+    """A scripted target whose device was busy during every measurement."""
+
+    def with_busy_share(self, run):
+        return run(), 0.30
+
+
+def test_over_on_a_busy_device_is_inconclusive_and_the_loops_readings_count():
+    slow = ([1.0] * 5, [0.60, 0.61, 0.62, 0.60, 0.61])
+    m = measure_final(Busy([slow] * 3), "u.onnx", "f.onnx", 0.5, attempts=3)
+    assert m.budget.busy and m.budget.verdict == "inconclusive" and "busy" in m.budget.describe()
+    assert measure_final(Scripted([slow]), "u.onnx", "f.onnx", 0.5).budget.verdict == "over"  # not busy: over
+    # the loop read this architecture inside the budget in 12 windows: pooled, not dropped
+    m = measure_final(Scripted([slow] * 3), "u.onnx", "f.onnx", 0.5, earlier_ms=(0.44,) * 12, attempts=3)
+    assert m.budget.windows >= 17 and m.budget.verdict != "over"

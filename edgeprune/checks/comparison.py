@@ -118,20 +118,25 @@ class BudgetVerdict:
     budget_ms: float
     windows: int
     confidence: float = CONFIDENCE
+    busy: bool = False   # measured while the device was busy with something else
 
     @property
     def verdict(self) -> str:
+        """An "over" read on a busy device is inconclusive, as in ``check``: a neighbour can
+        only add time, so a busy reading can prove a fit but not a miss."""
         if self.high_ms <= self.budget_ms:
             return "fits"
-        return "over" if self.low_ms > self.budget_ms else "inconclusive"
+        return "over" if self.low_ms > self.budget_ms and not self.busy else "inconclusive"
 
     def describe(self) -> str:
+        busy = " (the device was busy: over on this reading, not proven)" if self.busy and \
+            self.low_ms > self.budget_ms else ""
         return (f"{self.latency_ms:.4f} ms [{self.low_ms:.4f}, {self.high_ms:.4f}] against a budget of "
-                f"{self.budget_ms:.4f} ms: {self.verdict}")
+                f"{self.budget_ms:.4f} ms: {self.verdict}{busy}")
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "latency_ms": round(self.latency_ms, 5), "ci_ms": [round(self.low_ms, 5),
-                round(self.high_ms, 5)], "budget_ms": self.budget_ms, "windows": self.windows,
+                round(self.high_ms, 5)], "budget_ms": self.budget_ms, "windows": self.windows, "busy": self.busy,
                 "confidence": self.confidence, "estimator": "lower quartile of window medians, bootstrap CI "
                 f"resampling windows ({RESAMPLES} resamples, seed {SEED})"}
 
