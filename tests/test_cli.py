@@ -316,3 +316,14 @@ def test_an_architecture_that_cannot_be_pruned_still_measures(cli, work):
     r = cli(prune_args("shufflenet_v2_x0_5", "--target", "fake", "--budget-ms", "1"), cwd, env_targets=targets)
     assert_usage_error(r, "cannot find the channel groups of this ShuffleNetV2", "measure")
     assert listing(cwd) == []
+
+
+def test_an_attention_model_is_refused_at_once_naming_the_layer(cli, work):
+    """swin_t: Torch-Pruning's graph recursed for over 3 minutes before this refusal existed;
+    now `search` (which needs the groups) says in one line which layer it cannot cut, and
+    `measure` (which needs none) works."""
+    cwd, targets = work
+    r = cli(["search", "swin_t", "--target", "fake", "--input-size", "32", "--budget-ms", "1"], cwd,
+            env_targets=targets, timeout=120)
+    assert_usage_error(r, "ShiftedWindowAttention at features.1.0.attn", "measure")
+    assert listing(cwd) == []

@@ -102,6 +102,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
     """Groups and layers of ``model`` for an input of ``input_shape`` (N, C, H, W); one clear
     line (UsageError) when the dependency graph cannot be built for this architecture
     (shufflenet_v2 raised a ZeroDivisionError deep inside Torch-Pruning)."""
+    _refuse_attention(model)
     try:
         return _analyse(model, input_shape)
     except Exception as e:
@@ -113,6 +114,17 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
                          f"graph failed with {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                          f"(in {frame.name}, {Path(frame.filename).name}:{frame.lineno}); this architecture cannot "
                          f"be pruned here, though `edgeprune measure` still measures it") from None
+
+
+def _refuse_attention(model: nn.Module) -> None:
+    """Attention layers are not channel groups edgeprune can cut, and Torch-Pruning's graph of
+    them does not end here: on swin_t it recursed for over 3 minutes (issue 10) before any
+    answer. Say so at once, naming the first such layer."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention"):
+            raise UsageError(f"cannot prune this {type(model).__name__}: it has attention layers ({type(m).__name__} "
+                             f"at {name}), and edgeprune prunes convolutional channel groups only; "
+                             f"`edgeprune measure` still measures it")
 
 
 def _analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Structure:
