@@ -133,6 +133,13 @@ def read(run_dir: str | Path) -> RunManifest:
     path = run_dir / FILENAME
     if not path.is_file():
         raise UsageError(f"{run_dir} has no {FILENAME}: not the output directory of a finished edgeprune prune")
+    return read_versioned(path, RunManifest, SCHEMA_VERSION, "a run manifest", "a run made by another edgeprune version")
+
+
+def read_versioned(path: Path, model: type[BaseModel], schema: int, what: str, other_version: str,
+                   unversioned_ok: bool = False, damaged: str = ""):
+    """A JSON file validated as ``model``: unreadable, not JSON, not an object, another schema
+    version or a mistyped field is one UsageError line (run.json and report.json share it)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -140,15 +147,15 @@ def read(run_dir: str | Path) -> RunManifest:
     except ValueError as e:
         raise UsageError(f"{path} is not valid JSON ({e}); the file is damaged: run prune again") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"{path} is not a run manifest: expected a JSON object, got {type(raw).__name__}")
+        raise UsageError(f"{path} is not {what}: expected a JSON object, got {type(raw).__name__}")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UsageError(f"{path} has schema version {version!r}; this edgeprune reads version {SCHEMA_VERSION} "
-                         f"(a run made by another edgeprune version: use that version, or run prune again)")
+    if version != schema and not (unversioned_ok and version is None):
+        raise UsageError(f"{path} has schema version {version!r}; this edgeprune reads version {schema} "
+                         f"({other_version}: use that version, or run prune again)")
     try:
-        return RunManifest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise UsageError(f"{path}: {first_error(e)}") from None
+        raise UsageError(f"{path}: {first_error(e)}{damaged}") from None
 
 
 def first_error(e: ValidationError) -> str:

@@ -21,13 +21,10 @@ version it does not know. A report without one predates the schema (version 1 in
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from edgeprune.errors import UsageError
+from pydantic import BaseModel, ConfigDict
 
 SCHEMA_VERSION = 1
 FILENAME = "report.json"
@@ -259,22 +256,7 @@ def as_report_dict(report: PruneReport | dict) -> dict:
 def load_report(path: str | Path) -> PruneReport:
     """The report in ``path`` (a report.json). Every way it can be unusable (unreadable, not
     JSON, not an object, an unknown schema version, a mistyped field) is one UsageError line."""
-    from edgeprune.manifest import first_error
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    except ValueError as e:
-        raise UsageError(f"{path} is not valid JSON ({e}); the file is damaged: run prune again") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path} is not a report written by edgeprune prune: "
-                         f"expected a JSON object, got {type(raw).__name__}")
-    version = raw.get("schema_version")
-    if version is not None and version != SCHEMA_VERSION:
-        raise UsageError(f"{path} has schema version {version!r}; this edgeprune reads version {SCHEMA_VERSION} "
-                         f"(a report made by another edgeprune version: use that version, or run prune again)")
-    try:
-        return PruneReport.model_validate(raw)
-    except ValidationError as e:
-        raise UsageError(f"{path}: {first_error(e)} (not a report written by edgeprune prune, or damaged)") from None
+    from edgeprune.manifest import read_versioned
+    return read_versioned(Path(path), PruneReport, SCHEMA_VERSION, "a report written by edgeprune prune",
+                          "a report made by another edgeprune version", unversioned_ok=True,
+                          damaged=" (not a report written by edgeprune prune, or damaged)")
