@@ -117,6 +117,17 @@ def test_print_summary_shows_the_headline_numbers():
     print_summary(MINIMAL, console=Console(file=io.StringIO()))
 
 
+def test_an_inconclusive_verdict_is_not_shown_as_a_fit():
+    """Seen in the demo on a busy host: the interval straddled the budget, the verdict said
+    inconclusive, and the terminal table still marked the latency with a tick."""
+    r = {**FULL, "within_budget": True, "budget_verdict": {"verdict": "inconclusive", "latency_ms": 1.82,
+                                                           "ci_ms": [1.30, 2.07], "budget_ms": 1.67}}
+    buf = io.StringIO()
+    print_summary(r, console=Console(file=buf, width=120, color_system=None))
+    text = buf.getvalue()
+    assert "✓" not in text and " ?" in text and "inconclusive" in text
+
+
 def test_search_section_shows_the_accuracy_path_and_the_paired_speedup():
     r = {**FULL, "speedup": 3.31, "speedup_ci": [3.2, 3.4], "speedup_method": "paired",
          "accuracy_pruned": 0.101, "accuracy_recalibrated": 0.717,

@@ -379,7 +379,8 @@ def print_summary(report: PruneReport | dict, console=None) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     within = r.get("within_budget")
-    mark = "" if within is None else (" ✓" if within else " ✗")
+    verdict = (r.get("budget_verdict") or {}).get("verdict") if isinstance(r.get("budget_verdict"), dict) else None
+    mark = "" if within is None else (" ?" if verdict == "inconclusive" else (" ✓" if within else " ✗"))
     table.add_row("budget", "", fmt_ms(r.get("budget_ms")) + _verdict(r.get("budget_verdict")))
     table.add_row("latency", fmt_ms(r.get("baseline_ms")), fmt_ms(r.get("measured_ms")) + mark)
     table.add_row("speedup", "", fmt_speedup(r.get("speedup")))
