@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="NetAdapt steps from unpruned to the first goal")
     ap.add_argument("--steps-between", type=int, default=2, help="... and between goals")
     a = ap.parse_args()
+    if not all(0 < r < 1 for r in a.ratios) or a.steps < 1 or a.steps_between < 1:
+        ap.error("--ratios must lie in (0, 1); --steps and --steps-between must be >= 1")
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN
     from edgeprune.search.knapsack import SearchConfig, search
     from edgeprune.search.shapes import fit_shape, shape_of, uniform

@@ -357,8 +357,8 @@ def main() -> int:
     a = p.parse_args()
     if not all(0 < f < 1 for f in a.budgets):
         p.error(f"--budgets are shares of the unpruned latency, between 0 and 1 (got {a.budgets})")
-    if a.jobs < 1 or a.epochs < 0 or a.baseline_epochs < 0 or any(x < 0 for x in a.seeds):
-        p.error("--jobs must be >= 1; --epochs, --baseline-epochs and --seeds >= 0")
+    if a.jobs < 1 or a.epochs < 0 or a.baseline_epochs < 0 or any(x < 0 for x in a.seeds) or a.greedy_steps < 0:
+        p.error("--jobs must be >= 1; --epochs, --baseline-epochs, --seeds and --greedy-steps >= 0")
     out = Path(a.out)
     cfg_path = out / "config.json"
     if a.phase == "plan" and not cfg_path.exists():
