@@ -44,6 +44,14 @@ class BudgetNotMet(EdgepruneError):
     """The closed loop ran out of rounds with the measured latency still over budget (exit 1)."""
 
 
+def budget_ms_or_raise(budget_ms: float) -> float:
+    """A latency budget as a float; UsageError unless positive and finite (NaN fails both
+    comparisons; inf would fit every model). One wording for prune, search and check."""
+    if not 0 < budget_ms < float("inf"):
+        raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
+    return float(budget_ms)
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

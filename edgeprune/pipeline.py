@@ -24,7 +24,7 @@ from edgeprune.checks.comparison import (
     compare_paired,
     latency_of,
 )
-from edgeprune.errors import UsageError
+from edgeprune.errors import UsageError, budget_ms_or_raise
 from edgeprune.reports.model import (
     SCHEMA_VERSION,
     ArtifactPart,
@@ -111,6 +111,8 @@ def run_prune(job: PruneJob) -> PruneReport:
     if job.objective not in OBJECTIVES:
         from edgeprune.errors import unknown
         raise unknown("search objective", job.objective, OBJECTIVES)
+    if job.budget_ms is not None:  # refused at once, not after the data and model are loaded
+        budget_ms_or_raise(job.budget_ms)
     with stages("setup"):
         from edgeprune.pruning.engine import get_engine
         get_engine(job.engine)  # an unknown or uninstalled engine fails before any work
@@ -233,9 +235,7 @@ def prune_budget_ms(budget_ms: float | None, s: "Session") -> float:
         if budget_ms is None:
             raise UsageError(f"no --budget-ms given and target {s.spec.name!r} has no budget for "
                              f"{s.cfg.model!r} (budgets_ms: {', '.join(s.spec.budgets_ms) or 'none'})")
-    if not 0 < budget_ms < float("inf"):  # NaN fails both; inf would fit every model
-        raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
-    return float(budget_ms)
+    return budget_ms_or_raise(budget_ms)
 
 
 @dataclass
@@ -262,12 +262,12 @@ def measure_final(target, baseline_onnx: Path, final_onnx: Path, budget_ms: floa
     over a model the loop had measured inside the budget. Before, the speed-up and the verdict
     were measured separately and the verdict kept the fastest window of several tries
     (issue 10)."""
-    from edgeprune.checks.check import MAX_CPU_WAIT
+    from edgeprune.runtime.base import too_busy
     alts, busy = [], False
     for _ in range(max(1, attempts)):
         alt, wait = target.with_busy_share(lambda: target.measure_alternating(baseline_onnx, final_onnx))
         alts.append(alt)
-        busy = busy or (wait is not None and wait > MAX_CPU_WAIT)
+        busy = busy or too_busy(wait)
         windows = [*earlier_ms, *(w for a in alts for w in _windows(a.latencies[1]))]
         verdict = replace(budget_verdict(windows, budget_ms), busy=busy)
         if verdict.verdict != "inconclusive":

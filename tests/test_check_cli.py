@@ -220,11 +220,11 @@ def test_all_checks_a_deploy_file_one_junit_case_each(work, capsys):
 
 
 def test_real_onnxruntime_update_then_check_passes_and_catches_a_slower_model(work, capsys, monkeypatch):
-    from edgeprune.checks import check
+    from edgeprune.runtime import base as runtime_base
     cwd, _ = work
     # the contention guard has its own tests; here a busy test machine must not turn the verdict
     # into "inconclusive" or add retry pauses
-    monkeypatch.setattr(check, "MAX_CPU_WAIT", 1.0)
+    monkeypatch.setattr(runtime_base, "MAX_BUSY_SHARE", 1.0)
     export(cwd / "real.onnx", target="ortsmall")
     code, out, err = run(capsys, "check", "real.onnx", "--update", "--json")
     assert code == 0, (out, err)

@@ -6,7 +6,9 @@ import pytest
 from rich.console import Console
 
 from edgeprune.errors import UsageError
-from edgeprune.reports.model import load_report
+from edgeprune.reports.model import PruneReport, load_report
+
+typed = PruneReport.model_validate
 from edgeprune.reports.report import (
     fmt_ms,
     print_summary,
@@ -47,14 +49,14 @@ FULL = {
 
 
 def test_device_artifact_is_listed_beside_the_onnx():
-    md = render_markdown({**FULL, "device_artifact": {"path": "out/model.xml", "kind": "openvino",
-                                                      "max_abs_diff": 1.5e-6}})
+    md = render_markdown(typed({**FULL, "device_artifact": {"path": "out/model.xml", "kind": "openvino",
+                                                      "max_abs_diff": 1.5e-6}}))
     assert "| out/model.onnx | onnx | 2.3e-06 |" in md
     assert "| out/model.xml | openvino | 1.5e-06 |" in md
 
 
 def test_full_report_renders_every_section():
-    md = render_markdown(FULL)
+    md = render_markdown(typed(FULL))
     assert md.startswith("# edgeprune report: resnet18 on ort-cpu")
     for heading in ("Summary", "Model", "Per-layer widths", "Closed-loop rounds",
                     "Latency table prediction error", "Time per stage", "Fine-tune history",
@@ -78,7 +80,7 @@ def test_full_report_renders_every_section():
 
 
 def test_minimal_report_shows_dashes_and_skips_empty_sections():
-    md = render_markdown(MINIMAL)
+    md = render_markdown(typed(MINIMAL))
     assert "| budget | 25.0 ms |" in md
     assert "| measured | — |" in md
     assert "| within budget | — |" in md
@@ -95,26 +97,26 @@ def test_ms_formatting_keeps_three_significant_digits():
 
 
 def test_write_report_round_trips_and_leaves_no_temp_files(tmp_path):
-    report = {**FULL, "artifact": {**FULL["artifact"], "path": Path("out/model.onnx")}}
+    report = FULL
     out = tmp_path / "run"
-    json_path, md_path = write_report(report, out)
+    json_path, md_path = write_report(typed(report), out)
     assert (json_path, md_path) == (out / "report.json", out / "report.md")
     assert json.loads(json_path.read_text()) == {**FULL}
-    assert md_path.read_text() == render_markdown(report)
+    assert md_path.read_text() == render_markdown(typed(report))
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
-    write_report(MINIMAL, out)  # overwriting works and still leaves nothing else behind
+    write_report(typed(MINIMAL), out)  # overwriting works and still leaves nothing else behind
     assert json.loads(json_path.read_text()) == MINIMAL
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
 
 
 def test_print_summary_shows_the_headline_numbers():
     buf = io.StringIO()
-    print_summary(FULL, console=Console(file=buf, width=100, color_system=None))
+    print_summary(typed(FULL), console=Console(file=buf, width=100, color_system=None))
     text = buf.getvalue()
     for piece in ("resnet18 on ort-cpu", "25.0 ms", "24.9 ms ✓", "4.00×", "88.4%", "87.4%",
                   "11.18M", "2.80M"):
         assert piece in text
-    print_summary(MINIMAL, console=Console(file=io.StringIO()))
+    print_summary(typed(MINIMAL), console=Console(file=io.StringIO()))
 
 
 def test_an_inconclusive_verdict_is_not_shown_as_a_fit():
@@ -123,7 +125,7 @@ def test_an_inconclusive_verdict_is_not_shown_as_a_fit():
     r = {**FULL, "within_budget": True, "budget_verdict": {"verdict": "inconclusive", "latency_ms": 1.82,
                                                            "ci_ms": [1.30, 2.07], "budget_ms": 1.67}}
     buf = io.StringIO()
-    print_summary(r, console=Console(file=buf, width=120, color_system=None))
+    print_summary(typed(r), console=Console(file=buf, width=120, color_system=None))
     text = buf.getvalue()
     assert "✓" not in text and " ?" in text and "inconclusive" in text
 
@@ -133,12 +135,12 @@ def test_search_section_shows_the_accuracy_path_and_the_paired_speedup():
          "accuracy_pruned": 0.101, "accuracy_recalibrated": 0.717,
          "search": {"objective": "adaptive-bn", "candidates": 50, "proxy_accuracy": 0.75,
                     "uniform_proxy_accuracy": 0.70, "importance_proxy_accuracy": 0.58}}
-    md = render_markdown(r)
+    md = render_markdown(typed(r))
     assert "## Search and accuracy" in md
     for text in ("adaptive-bn", "| candidates scored | 50 |", "75.0%", "70.0%", "58.0%", "10.1%", "71.7%",
                  "3.31× (95% CI 3.20–3.40, paired)"):
         assert text in md, text
-    assert "## Search and accuracy" not in render_markdown(MINIMAL)
+    assert "## Search and accuracy" not in render_markdown(typed(MINIMAL))
 
 
 # --- the typed model (reports/model.py): report.json validated on read --------------------------
@@ -171,7 +173,14 @@ def test_an_older_report_loads_renders_and_keeps_exactly_its_keys(tmp_path):
     for old in (MINIMAL, FULL, {**FULL, "precisions": precisions}):
         r = load_report(write_json(tmp_path, old))
         assert r.schema_version is None and r.to_json_dict() == old  # (in prune's key order: FULL's is not)
-        assert render_markdown(r) == render_markdown(old)
+        assert render_markdown(r) == render_markdown(typed(old))
     assert "| pruning engine | torch-pruning |" in render_markdown(load_report(write_json(tmp_path, MINIMAL)))
     json_path, _ = write_report(load_report(write_json(tmp_path, FULL)), tmp_path / "again")
     assert json.loads(json_path.read_text()) == FULL
+
+
+def test_the_renderers_take_only_a_validated_report():
+    """A raw dict (issue 10: report.json read back with .get()) must go through the typed model
+    first, so a mistyped value is one line at load time, never a crash halfway through report.md."""
+    with pytest.raises(TypeError, match="PruneReport"):
+        render_markdown(FULL)

@@ -195,7 +195,8 @@ def test_a_wheel_install_measures_and_prunes_on_a_built_in_target_from_any_direc
     assert r.returncode == 0, r.stderr
     median = json.loads(r.stdout)["median_ms"]
     r = wheel("prune", "tiny_resnet", "--input-size", "16", "--data", "digits", "--budget-ms", f"{0.8 * median:.4f}",
-              "--epochs", "1", "--baseline-epochs", "1", "--candidates", "4", "--refine", "2", "--out", "run", "--json")
+              "--epochs", "1", "--baseline-epochs", "1", "--candidates", "4", "--refine", "2", "--out", "run", "--json",
+              "--levels", "3", "--calibrate", "8", "--validate", "2")  # a small table: this tests the install
     assert r.returncode in (0, 1), r.stderr  # 1: a 2-core host too busy to show the fit; never a crash
     report = json.loads(r.stdout)
     assert report["target"] == "ort-cpu" and report["widths"] and (wheel.cwd / "run" / "run.json").exists()

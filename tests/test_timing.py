@@ -91,6 +91,16 @@ def test_measure_reports_the_least_disturbed_window():
     assert lat.runs == 5
 
 
+def test_several_readings_of_one_model_read_as_their_least_disturbed_window():
+    from dataclasses import replace
+    calm = replace(Latency.from_samples([1.0, 1.1, 1.2]), window_medians_ms=(1.1, 1.3))
+    busy = replace(Latency.from_samples([1.5, 1.6, 1.7]), window_medians_ms=(1.6, 1.9))
+    for order in ((calm, busy), (busy, calm)):
+        pooled = Latency.least_disturbed(*order)
+        assert pooled.median_ms == calm.median_ms and pooled.p90_ms == calm.p90_ms
+        assert sorted(pooled.window_medians_ms) == [1.1, 1.3, 1.6, 1.9]
+
+
 def test_measure_runs_until_min_time():
     f = Counter(sleep_s=0.002)
     t0 = time.perf_counter()

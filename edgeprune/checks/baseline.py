@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeprune.errors import UsageError
+from edgeprune.errors import UsageError, budget_ms_or_raise
 from edgeprune.runtime.base import fingerprint_mismatches
 
 SCHEMA_VERSION = 1
@@ -146,9 +146,7 @@ def check_budget(budget_ms: float | None, spec, meta: dict, source: str | None =
     """An explicit budget, else the target file's budget for the artifact's model, else the
     budget the artifact was pruned to (when it was pruned for this target)."""
     if budget_ms is not None:
-        if not 0 < budget_ms < float("inf"):  # NaN fails both; inf would fit every model
-            raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
-        return Budget(float(budget_ms), source or "--budget-ms")
+        return Budget(budget_ms_or_raise(budget_ms), source or "--budget-ms")
     model = meta.get("model")
     if model and spec.budget_for(model) is not None:
         return Budget(float(spec.budget_for(model)), f"target {spec.name} budgets_ms.{model}")

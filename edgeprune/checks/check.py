@@ -17,7 +17,7 @@ failure (regression or over budget) must be flagged by a first and by a confirmi
 The contention guard. Each measurement also records how long the measuring thread was runnable
 but waiting for a CPU (Linux schedstat): a neighbour's work, not the model's. Since contention
 can only add time, a measurement that passes is a pass however busy the machine was; but one
-that fails while it waited for the CPU more than ``MAX_CPU_WAIT`` of the time proves nothing and
+that fails while it waited for the CPU more than ``MAX_BUSY_SHARE`` of the time proves nothing and
 is measured again (``RETRIES`` times at most). A failure never confirmed by undisturbed
 measurements is reported as *inconclusive* (machine too busy), not as a regression.
 """
@@ -53,17 +53,17 @@ from edgeprune.checks.comparison import (  # noqa: F401
 )
 from edgeprune.checks.request import CheckRequest, Mode
 from edgeprune.errors import UsageError
+from edgeprune.runtime.base import MAX_BUSY_SHARE, too_busy
 
 SESSIONS = 2                # sessions per measurement
 CHECK_WINDOWS = 10          # windows per measurement, spread over the sessions
 PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, since each compilation
 PAIRED_WINDOWS = 3          # places the weights anew (session SD 0.5-2%, tools/study_alternation.py)
 BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
-MAX_CPU_WAIT = 0.05         # share of a measurement's time spent waiting for a CPU
 RETRIES = 2                 # extra measurements to replace disturbed ones
 RETRY_PAUSE_S = 5.0
 VERDICT = (f"regression = ratio > 1 + tolerance and CI above 1, in a first and a confirming "
-           f"measurement, each waiting for the CPU <= {MAX_CPU_WAIT:.0%} of its time")
+           f"measurement, each waiting for the CPU <= {MAX_BUSY_SHARE:.0%} of its time")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Attempt:
 
     @property
     def disturbed(self) -> bool:
-        return self.cpu_wait is not None and self.cpu_wait > MAX_CPU_WAIT
+        return too_busy(self.cpu_wait)
 
     def to_dict(self) -> dict:
         d = {"latency_ms": round(self.latency_ms, 5), "median_ms": round(self.median_ms, 5),
@@ -309,7 +309,7 @@ def judge(res: CheckResult, measure: Callable[[], Attempt], baseline_windows, to
     disturbed = [x for x in res.attempts if x.disturbed]
     if disturbed:
         res.notes.append(f"{len(disturbed)} of {len(res.attempts)} measurements waited for the CPU more than "
-                         f"{MAX_CPU_WAIT:.0%} of the time (up to {max(x.cpu_wait for x in disturbed):.0%}): "
+                         f"{MAX_BUSY_SHARE:.0%} of the time (up to {max(x.cpu_wait for x in disturbed):.0%}): "
                          "a busy machine, so they could not prove a failure")
     if not _flagged(last, res.budget):
         if len(res.attempts) > 1:
@@ -371,7 +371,7 @@ def _describe_baseline(res: CheckResult, base: Baseline, path: Path, fp: dict, a
     res.notes.append(f"baseline of {base.created}, {base.fingerprint.get('runtime')} "
                      f"{base.fingerprint.get('runtime_version')}, {len(base.windows)} windows")
     waits = [w for w in base.latency.get("cpu_wait") or [] if w is not None]
-    if waits and max(waits) > MAX_CPU_WAIT:
+    if waits and too_busy(max(waits)):
         res.notes.append(f"WARNING: the baseline was recorded on a busy machine (waited for the CPU up to "
                          f"{max(waits):.0%} of the time): it may be too slow and hide regressions")
     if base.artifact.get("sha256") and base.artifact["sha256"] != file_digest(path):

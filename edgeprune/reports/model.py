@@ -247,10 +247,14 @@ class PruneReport(_Part):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-def as_report_dict(report: PruneReport | dict) -> dict:
-    """The renderers take either a PruneReport or a plain dict (a report made by an older
-    version, or a test's hand-made one): both as the JSON dict."""
-    return report.to_json_dict() if isinstance(report, PruneReport) else report
+def as_report_dict(report: PruneReport) -> dict:
+    """The JSON dict the renderers lay out. They take only a PruneReport, so every report they
+    show has been validated (an older report.json through ``load_report``), never a raw dict
+    whose mistyped value would surface as a crash halfway through report.md."""
+    if not isinstance(report, PruneReport):
+        raise TypeError(f"expected a PruneReport (load_report or PruneReport.model_validate), "
+                        f"got {type(report).__name__}")
+    return report.to_json_dict()
 
 
 def load_report(path: str | Path) -> PruneReport:

@@ -1,7 +1,7 @@
 """The run report: JSON for machines, Markdown for people, a short table for the terminal.
 
-The pipeline builds the report as a typed ``PruneReport`` (``reports/model.py``); the renderers
-here also take the plain dict of a report.json made by any version. Every key except
+The pipeline builds the report as a typed ``PruneReport`` (``reports/model.py``) and an older
+report.json is validated into one by ``load_report``; the renderers take only that. Every key except
 model/target/budget may be missing (a run can stop early or skip stages, an older version wrote
 fewer keys), so each section renders what is there and shows "—" for a missing value instead of
 failing.
@@ -292,7 +292,7 @@ def _charts(r: dict) -> list[str]:
     return _section("Charts", lines) if lines else []
 
 
-def write_charts(report: PruneReport | dict, out_dir: str | os.PathLike) -> dict[str, str]:
+def write_charts(report: PruneReport, out_dir: str | os.PathLike) -> dict[str, str]:
     """pareto.png (unpruned and pruned model) and layers.png (measured per-layer time before and
     after) beside the report; returns {chart: file name} for report.md to link."""
     from edgeprune.reports.plots import Point, layers_png, pareto_png
@@ -322,9 +322,12 @@ SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _summary, _model, _search, _layers, _rounds, _table, _stages, _finetune, _artifact, _precisions, _charts, _versions)
 
 
-def render_markdown(report: PruneReport | dict) -> str:
+def render_markdown(report: PruneReport) -> str:
     """The whole report as Markdown: title, then each section that has data."""
-    report = as_report_dict(report)
+    return _markdown(as_report_dict(report))
+
+
+def _markdown(report: dict) -> str:
     title = f"# edgeprune report: {fmt_text(report.get('model'))} on {fmt_text(report.get('target'))}"
     lines = [title, ""]
     for section in SECTIONS:
@@ -356,18 +359,18 @@ def _write_atomic(path: Path, text: str) -> Path:
     return Path(path)
 
 
-def write_report(report: PruneReport | dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_report(report: PruneReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write report.json and report.md into ``out_dir``; returns (json path, md path). A
     PruneReport is written as ``PruneReport.to_json_dict``: the keys report.json always had."""
     out = Path(out_dir)
-    report = as_report_dict(report)
-    text = json.dumps(report, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    r = as_report_dict(report)
+    text = json.dumps(r, indent=2, default=_json_default, ensure_ascii=False) + "\n"
     json_path = _write_atomic(out / "report.json", text)
-    md_path = _write_atomic(out / "report.md", render_markdown(report))
+    md_path = _write_atomic(out / "report.md", _markdown(r))
     return json_path, md_path
 
 
-def print_summary(report: PruneReport | dict, console=None) -> None:
+def print_summary(report: PruneReport, console=None) -> None:
     """A short table on stdout: the numbers a user looks at first."""
     from rich.console import Console
     from rich.table import Table

@@ -23,6 +23,15 @@ from edgeprune.runtime.timing import (
 
 T = TypeVar("T")
 MIN_GUARDED_S = 0.25  # shorter measurements (fake targets) are too short to judge contention
+MAX_BUSY_SHARE = 0.05  # a measurement whose device was busy with other work more than this share
+#                        of its time is "disturbed": a failure read then proves nothing
+
+
+def too_busy(share: float | None) -> bool:
+    """Whether a ``Target.with_busy_share`` reading says the device was too busy for a failing
+    measurement to count (None: unknown, so not known to be busy). One threshold for ``check``'s
+    regressions and ``prune``'s budget verdict."""
+    return share is not None and share > MAX_BUSY_SHARE
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,13 @@ class Latency:
             d.pop("samples_ms")
         return d
 
-    def merged(self, other: "Latency") -> "Latency":
-        """Pool the windows of two measurements of the same model: the least-disturbed window
-        of either summarises both, and all window medians are kept."""
-        best = self if self.median_ms <= other.median_ms else other
-        return replace(best, window_medians_ms=self.window_medians_ms + other.window_medians_ms)
+    @staticmethod
+    def least_disturbed(*readings: "Latency") -> "Latency":
+        """Several measurements of one model read as one: the reading whose least-disturbed
+        window is fastest summarises them (the rule ``measure`` applies to its own windows:
+        other work on a shared machine only adds time), and every window median is kept."""
+        best = min(readings, key=lambda r: r.median_ms)
+        return replace(best, window_medians_ms=tuple(w for r in readings for w in r.window_medians_ms))
 
     @classmethod
     def from_samples(cls, samples_ms: list[float] | tuple[float, ...]) -> "Latency":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeprune.errors import InfeasibleBudget, UsageError
+from edgeprune.errors import InfeasibleBudget, UsageError, budget_ms_or_raise
 from edgeprune.latency.table import LatencyTable
 
 
@@ -81,8 +81,7 @@ def search(table: LatencyTable, scores: dict[str, np.ndarray], budget_ms: float,
            cfg: SearchConfig | None = None) -> SearchResult:
     """Widths maximising kept importance with ``table.predict(widths) <= budget_ms``."""
     cfg = cfg or SearchConfig()
-    if not 0 < budget_ms < float("inf"):  # NaN fails both; inf would fit every model
-        raise UsageError(f"budget must be a positive, finite number of milliseconds, got {budget_ms}")
+    budget_ms_or_raise(budget_ms)
     unknown_groups = set(cfg.protect) - set(table.groups)
     if unknown_groups:
         raise UsageError(f"cannot protect unknown groups: {', '.join(sorted(unknown_groups))}")

@@ -178,7 +178,7 @@ def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target
                   confirm: float = 0.0) -> tuple[Latency, bool, bool]:
     """One round's measurement: (latency, re-measured, confirmed). When the reading is more than
     ``confirm`` off the prediction, a second one is taken and the least-disturbed windows of
-    both kept (``Latency.merged``); ``confirmed`` when the second reading is off the same way.
+    both kept (``Latency.least_disturbed``); ``confirmed`` when the second reading is off the same way.
     A real miss reads the same twice; a neighbour's burst does not."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
@@ -187,7 +187,7 @@ def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target
         if confirm and abs(off) > confirm:
             second = target.measure(onnx)
             again = second.median_ms / predicted_ms - 1
-            return latency.merged(second), True, abs(again) > confirm and again * off > 0
+            return Latency.least_disturbed(latency, second), True, abs(again) > confirm and again * off > 0
     return latency, False, False
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
-from torchvision.models.resnet import BasicBlock
 
 from edgeprune.artifacts.onnxio import atomic_write
 from edgeprune.errors import MACHINE_ERRORS, MissingBackend, UsageError, unknown
@@ -29,6 +27,7 @@ MIN_INPUT_SIZE = 8
 
 def model_names() -> list[str]:
     """All names ``build_model`` accepts (factory strings aside)."""
+    import torchvision  # lazily: 3 s of imports a command on an ONNX file or tiny_resnet never needs
     names = set(torchvision.models.list_models(module=torchvision.models))
     return sorted(names | {EFFICIENTNET_LITE0, TINY_RESNET})
 
@@ -48,13 +47,35 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
         model = TinyResNet(num_classes)
     elif name == EFFICIENTNET_LITE0:
         model = _efficientnet_lite0(num_classes)
-    elif name in torchvision.models.list_models(module=torchvision.models):
+    elif name in model_names():
+        import torchvision
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:
         raise unknown("model", name, model_names())
     if input_channels(model) != in_channels:
         _replace_first_conv(model, in_channels, adapt=is_pretrained(name))
     return model
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock, same attribute names (so the same state_dict keys and
+    channel groups), written here so that tiny_resnet, the test suite's model, does not import
+    torchvision (3 s per command, most of it torch._dynamo pulled in by torchvision.ops)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class TinyResNet(nn.Module):
