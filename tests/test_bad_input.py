@@ -215,3 +215,16 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(work, capsys, argv, fra
 
 def test_there_are_at_least_forty_kinds():
     assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf"])
+def test_a_bad_budget_is_refused_before_the_data_and_model_are_loaded(work, capsys, monkeypatch, budget):
+    """`prune --budget-ms 0` took 12 s to say so: the session (data, model, table) was opened
+    first. Now nothing is loaded before the refusal."""
+    from edgeprune.session import Session
+
+    def opened(*args, **kwargs):
+        raise AssertionError("the session was opened before the budget was checked")
+    monkeypatch.setattr(Session, "open", opened)
+    code = cli.main(["prune", "tiny_resnet", *FAST, "--out", "out", "--budget-ms", budget])
+    assert code == 2 and "budget must be a positive, finite number" in capsys.readouterr().err
