@@ -119,6 +119,7 @@ def cmd_search(a) -> int:
 
 def cmd_prune(a) -> int:
     from edgeprune.api import prune
+    from edgeprune.reports.model import PruneReport
     from edgeprune.reports.report import print_summary
     out = Path(a.out)
     report = prune(a.model, out, a.budget_ms, a.target, data=a.data, epochs=a.epochs,
@@ -129,7 +130,7 @@ def cmd_prune(a) -> int:
     if a.json:
         print((out / "report.json").read_text().strip())  # the report as written
     else:
-        print_summary(report)
+        print_summary(PruneReport.model_validate(report))
         print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
     return 0 if report["within_budget"] else 1
 

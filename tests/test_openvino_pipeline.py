@@ -32,7 +32,8 @@ def ov_run(tmp_path_factory):
     out = base / "run"
     prune = run_cli(["prune", "tiny_resnet", "--target", TARGET, "--data", "digits", "--input-size", "64",
                      "--budget-ms", budget, "--min-ratio", "0.125", "--epochs", "1", "--baseline-epochs", "2",
-                     "--calibrate", "8", "--levels", "3", "--out", out, "--profiles-dir", profiles], cwd=base, timeout=600)
+                     "--calibrate", "8", "--levels", "3", "--candidates", "8", "--refine", "4", "--out", out,
+                     "--profiles-dir", profiles], cwd=base, timeout=600)
     return {"profile": profile, "prune": prune, "out": out, "budget": budget, "unpruned_ms": unpruned_ms,
             "base": base, "table": profiles / TARGET / "tiny_resnet-64px.json"}
 

@@ -21,8 +21,9 @@ def pruned_run(tmp_path_factory):
     budget = round(0.8 * unpruned_ms, 5)
     out = base / "run"
     r = run_cli(["prune", "tiny_resnet", "--data", "digits", "--input-size", "32", "--budget-ms", budget,
-                 "--min-ratio", "0.125", "--epochs", "2", "--baseline-epochs", "4", "--out", out,
-                 "--profiles-dir", base / "profiles", "--calibrate", "10"], cwd=base, timeout=600)
+                 "--min-ratio", "0.125", "--epochs", "1", "--baseline-epochs", "2", "--out", out,
+                 "--profiles-dir", base / "profiles", "--calibrate", "10",
+                 "--candidates", "8", "--refine", "4"], cwd=base, timeout=600)  # the search's quality is tested elsewhere
     return {"result": r, "out": out, "budget": budget, "unpruned_ms": unpruned_ms, "base": base}
 
 
