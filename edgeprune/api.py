@@ -1,17 +1,21 @@
-"""The Python API; every CLI command is a thin wrapper over one of these functions."""
+"""The Python API; every CLI command is a thin wrapper over one of these functions.
+
+The modules that load torch (session, pipeline, search) are imported inside the functions that
+need them: `edgeprune check` on an artifact and `edgeprune targets` never load torch, which
+took 3 s of every such command (a CI job runs `check` once per artifact and target)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeprune.checks.request import CheckRequest
 from edgeprune.errors import UsageError
-from edgeprune.latency.table import LatencyTable
-from edgeprune.pipeline import PruneJob, run_prune
 from edgeprune.runtime.spec import load_spec, target_files
 from edgeprune.runtime.timing import Latency
-from edgeprune.search.knapsack import SearchConfig, SearchResult
-from edgeprune.search.knapsack import search as _search
-from edgeprune.session import Session, SessionConfig
+
+if TYPE_CHECKING:
+    from edgeprune.latency.table import LatencyTable
+    from edgeprune.search.knapsack import SearchConfig, SearchResult
 
 
 def targets() -> list[dict]:
@@ -42,6 +46,7 @@ def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None 
         kind.check(model_or_onnx)
         return get_target(target).measure(model_or_onnx)
     from edgeprune.search.loop import measure_model
+    from edgeprune.session import Session, SessionConfig
     s = Session.open(SessionConfig(model=model_or_onnx, target=target, input_size=input_size, weights=weights))
     return measure_model(s.model, s.input_shape, s.target)
 
@@ -49,6 +54,7 @@ def measure(model_or_onnx: str, target: str = "ort-cpu", input_size: int | None 
 def profile(model: str, target: str = "ort-cpu", input_size: int | None = None,
             out: str | None = None, **session) -> LatencyTable:
     """Measure (or resume measuring) the model's latency table on ``target``."""
+    from edgeprune.session import Session, SessionConfig
     cfg = SessionConfig(model=model, target=target, input_size=input_size, table=out, reprofile=True, **session)
     return Session.open(cfg).table()
 
@@ -60,6 +66,9 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
     ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
     from edgeprune.pipeline import OBJECTIVES, prune_budget_ms
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.knapsack import search as _search
+    from edgeprune.session import Session, SessionConfig
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
     objective = objective or ("adaptive-bn" if s.data is not None else "importance")
     if objective not in OBJECTIVES:
@@ -91,7 +100,10 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     ``engine`` is the library that physically removes the channels (``torch-pruning`` or
     ``nni``; ``pruning/engine.py``): the group names, the search and the channels kept are the
     same with either."""
+    from edgeprune.pipeline import PruneJob, run_prune
     from edgeprune.search.accuracy import AbnConfig
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.session import SessionConfig
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
                    engine=engine)
@@ -102,6 +114,7 @@ def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | No
            weights: str | None = None, target: str = "ort-cpu", widths: dict[str, int] | None = None):
     """Export a model (optionally pruned to ``widths`` with ``weights`` of the pruned model)."""
     from edgeprune.artifacts.export import export_artifact, resolve_kind
+    from edgeprune.session import Session, SessionConfig
     resolve_kind(kind)
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size,
                                    weights=None if widths else weights))

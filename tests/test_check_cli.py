@@ -340,3 +340,13 @@ def test_the_frozen_copy_never_aliases_the_artifact(work, capsys):
     c = json.loads(out)["checks"][0]
     assert code == 1 and c["regression"] and c["comparison"]["method"] == "paired"
 
+
+
+def test_checking_an_artifact_never_loads_torch(tmp_path):
+    """`edgeprune check` runs in a user's CI once per artifact and target, and needs only the
+    runtime: loading torch cost 3 s of every such command. The API, the check modules and the
+    ONNX Runtime target import without it."""
+    code = ("import sys, edgeprune.api, edgeprune.cli, edgeprune.checks.check, edgeprune.checks.check_report, "
+            "edgeprune.runtime.ort; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "False"
