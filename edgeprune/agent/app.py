@@ -101,7 +101,8 @@ def check_onnx(data: bytes, what: str) -> None:
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
     except Exception as e:  # noqa: BLE001 (any parse or checker failure means "not ONNX")
-        raise HTTPException(415, f"{what} is not a valid ONNX model: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise HTTPException(415, f"{what} is not a valid ONNX model: {why}") from None
 
 
 def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 64 * 2**20,
@@ -137,7 +138,7 @@ def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 6
         store: JobStore = state["store"]
         infos = await asyncio.to_thread(_target_infos, targets)
         return AgentInfo(version=__version__, targets=infos, host=host_fingerprint(),
-                         measurements=store.measurements, queued=len(store.pending))
+                         max_upload_bytes=max_upload_bytes, measurements=store.measurements, queued=len(store.pending))
 
     @app.post("/jobs")
     async def submit(job_id: str = Form(...), spec: str = Form(...), models: list[UploadFile] = File(...)):
@@ -176,7 +177,8 @@ def _parse_spec(text: str, targets: dict[str, Target], n_models: int) -> JobSpec
         err = e.errors()[0]
         raise HTTPException(422, f"spec: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     if spec.device_target not in targets:
-        raise HTTPException(422, f"this agent has no target {spec.device_target!r}; it has: {', '.join(sorted(targets))}")
+        raise HTTPException(422, f"this agent has no target {spec.device_target!r}; "
+                                 f"it has: {', '.join(sorted(targets))}")
     lo, hi = MODELS_PER_KIND[spec.kind]
     if not lo <= n_models <= hi:
         raise HTTPException(422, f"{spec.kind} takes {lo}..{hi} models, got {n_models}")

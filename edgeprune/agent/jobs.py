@@ -124,7 +124,7 @@ class JobStore:
         files get names the agent chooses; they are deleted when the job ends."""
         self._seq += 1
         paths = [self.workdir / f"job{self._seq}-{i}.onnx" for i in range(len(models))]
-        job = self.live[job_id] = Job(job_id, spec, paths)
+        self.live[job_id] = Job(job_id, spec, paths)
         self.pending.append(job_id)  # registered before the await below: a resubmission finds it
         await asyncio.to_thread(_write_all, paths, models)
         self.wakeup.set()

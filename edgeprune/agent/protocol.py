@@ -22,7 +22,7 @@ State = Literal["queued", "running", "done", "failed", "abandoned"]
 FINAL: tuple[State, ...] = ("done", "failed", "abandoned")
 # how many uploaded models each kind takes: (at least, at most)
 MODELS_PER_KIND: dict[str, tuple[int, int]] = {
-    "measure": (1, 1), "measure_many": (1, 16), "measure_alternating": (2, 2), "layer_times": (1, 1)}
+    "measure": (1, 1), "measure_many": (1, 64), "measure_alternating": (2, 2), "layer_times": (1, 1)}
 
 
 class _Strict(BaseModel):
@@ -134,6 +134,7 @@ class AgentInfo(_Strict):
     protocol: int = PROTOCOL
     targets: dict[str, TargetInfo]
     host: dict
+    max_upload_bytes: int = 0  # one job's request body, all its models together
     measurements: int = 0  # measurements actually run since start (idempotent replays do not count)
     queued: int = 0
 

@@ -140,6 +140,11 @@ class RemoteTarget(Target):
         spec = JobSpec(kind=kind, device_target=self.options.device_target, timing=timing or self.spec.timing,
                        runs=runs)
         models = [Path(p).read_bytes() for p in paths]
+        self._board()  # the agent is there, has the target, and takes uploads this large
+        limit, size = self._info.max_upload_bytes, sum(map(len, models))
+        if limit and size > limit * 0.99:  # leave room for the multipart envelope
+            raise UsageError(f"{len(models)} model(s) of {size / 2**20:.1f} MB in all exceed the upload limit of the "
+                             f"agent at {self.url} ({limit / 2**20:g} MB): raise its --max-upload-mb")
         status, resubmits = self._submit(job_id, spec, models), 0
         while status.state not in FINAL or status.state == "abandoned":
             if status.state == "abandoned":
