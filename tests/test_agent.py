@@ -141,20 +141,27 @@ def test_two_clients_are_measured_one_at_a_time(agent, model):
 
 
 def test_shutdown_finishes_the_running_job_and_removes_uploads(tmp_path, model):
+    """SIGTERM with one job running and one queued: the running one finishes, the queued one is
+    abandoned (never started), and the upload directory is gone."""
     a = Agent(tmp_path, targets="ort-cpu")
     try:
         slow = {"kind": "measure", "device_target": "ort-cpu",
                 "timing": {"warmup_s": 0.05, "min_runs": 5, "min_time_s": 0.5, "windows": 3}}
-        assert a.post_job("slow-job-0001", slow, [model.read_bytes()]).status_code == 202
+        r = a.post_job("slow-job-0001", slow, [model.read_bytes()])
+        assert r.status_code == 202 and r.headers["X-Queue-Position"] == "1" and r.json()["position"] == 1
         while not any(e["event"] == "job_start" for e in a.events()):
             time.sleep(0.05)
+        r = a.post_job("queued-job-0002", slow, [model.read_bytes()])
+        assert r.status_code == 202 and r.json() == {"job_id": "queued-job-0002", "state": "queued", "position": 1,
+                                                     "result": None, "error": None, "error_kind": None}
+        assert a.get("/jobs/slow-job-0001").json()["position"] == 0  # running
         assert a.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
     finally:
         a.stop()
     ev = a.events()
     workdir = next(e["workdir"] for e in ev if e["event"] == "agent_start")
-    end = next(e for e in ev if e["event"] == "job_end")
-    assert end["job"] == "slow-job-0001" and end["state"] == "done"
+    assert [(e["job"], e["state"]) for e in ev if e["event"] == "job_end"] == [("slow-job-0001", "done")]
+    assert [e["job"] for e in ev if e["event"] == "job_abandoned"] == ["queued-job-0002"]
     assert ev[-1]["event"] == "agent_stop" and not Path(workdir).exists()
 
 

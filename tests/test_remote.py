@@ -63,7 +63,9 @@ def test_remote_and_local_ort_agree(agent, model):
     layers = board.layer_times(model, runs=3)
     assert [t.name for t in layers] and all(t.ms >= 0 for t in layers)
     out, busy = board.with_busy_share(lambda: board.measure(model, TimingSpec(min_time_s=0.1, windows=3)))
-    assert isinstance(out, Latency) and (busy is None or 0 <= busy <= 1)
+    assert isinstance(out, Latency)
+    if Path("/proc/self/schedstat").exists():  # the agent read its measuring thread's CPU wait
+        assert isinstance(busy, float) and 0 <= busy <= 1
 
 
 def test_the_fingerprint_is_the_boards(agent, monkeypatch):

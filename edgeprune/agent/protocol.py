@@ -108,9 +108,10 @@ class JobResult(_Strict):
 
 
 class JobStatus(_Strict):
-    """The agent's answer about a job. ``position``: 0 while it runs, n while n-1 jobs are ahead
-    of it in the queue. ``error_kind``: ``usage`` for bad input (the model does not load on the
-    board's runtime), ``internal`` for the agent's own failure."""
+    """The agent's answer about a job. ``position``: 0 while it runs; n while queued, when it is
+    the n-th to run next (the running job, if any, is not counted). ``error_kind``: ``usage``
+    for bad input (the model does not load on the board's runtime), ``internal`` for the
+    agent's own failure."""
 
     job_id: str
     state: State
