@@ -104,10 +104,12 @@ class Agent:
                 continue
         return out
 
-    def target(self, device_target: str = "ort-cpu", **options) -> "RemoteTarget":  # noqa: F821
+    def target(self, device_target: str = "ort-cpu", timing: TimingSpec | None = FAST, **options):
+        """A ``remote`` target on this agent (``timing`` None: the file sets none)."""
         opts = {"url": self.url, "token_file": str(self.token_file), "device_target": device_target,
                 "retries": 2, **options}
-        return get_target(TargetSpec(name="board", runtime="remote", timing=FAST, options=opts))
+        return get_target(TargetSpec(name="board", runtime="remote", options=opts,
+                                     **({"timing": timing} if timing else {})))
 
     def target_file(self, directory: Path, device_target: str = "ort-cpu", name: str = "board") -> Path:
         directory.mkdir(parents=True, exist_ok=True)

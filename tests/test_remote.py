@@ -46,6 +46,10 @@ def test_remote_results_are_the_local_dataclasses(agent, model):
     assert board.layer_times(model) == local.layer_times(model)
     with pytest.raises(UsageError, match="nothing to compile here"):
         board.compile(model)
+    # the protocol: the remote file's timing when it sets one, else the board's target's own
+    two = TimingSpec(warmup_s=0.05, min_runs=5, min_time_s=0.08, windows=2)
+    assert len(agent.target("fake", timing=two).measure_alternating(model, model).rounds_ms) == 2
+    assert len(agent.target("fake", timing=None).measure_alternating(model, model).rounds_ms) == TimingSpec().windows
 
 
 def test_remote_and_local_ort_agree(agent, model):
@@ -133,3 +137,19 @@ def test_tls_with_the_boards_certificate(tmp_path, model):
             a.target("fake", retries=0).measure(model)  # the system CAs do not know a self-signed board
     finally:
         a.stop()
+
+
+def test_a_model_the_boards_runtime_cannot_load_is_one_line_and_the_agent_goes_on(agent, model, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    odd = tmp_path / "odd.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(odd))
+    board = agent.target("ort-cpu")
+    refused = f"the agent at {agent.url} \\(ort-cpu\\): UsageError: onnxruntime cannot load upload 1: "
+    with pytest.raises(UsageError, match=refused):
+        board.measure(odd)
+    assert board.measure(model, FAST).median_ms > 0

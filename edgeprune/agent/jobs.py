@@ -164,7 +164,7 @@ class JobStore:
             final = JobStatus(job_id=job.id, state="done", result=result)
         except Exception as e:  # noqa: BLE001 (reported to the client, the agent keeps serving)
             usage = isinstance(e, EdgepruneError) or is_bad_input(e, "onnxruntime", "onnx", "openvino")
-            final = JobStatus(job_id=job.id, state="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
+            final = JobStatus(job_id=job.id, state="failed", error=_without_paths(e, job.paths),
                               error_kind="usage" if usage else "internal")
         finally:
             _remove(job.paths)
@@ -197,6 +197,15 @@ class JobStore:
             except asyncio.TimeoutError:
                 log("job_abandoned", job=self.running, why=f"still running {grace_s} s into shutdown")
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _without_paths(e: Exception, paths: list[Path]) -> str:
+    """The error's first line, the agent's file names replaced by ``upload N`` (they mean
+    nothing to the client and need not be shown to it)."""
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    for i, p in enumerate(paths):
+        text = text.replace(str(p), f"upload {i + 1}")
+    return text
 
 
 def _write_all(paths: list[Path], models: list[bytes]) -> None:

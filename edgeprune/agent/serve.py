@@ -16,6 +16,7 @@ GRACE_S = 30.0  # shutdown: how long a measurement in progress may take to finis
 def add_commands(cmd) -> None:
     """``agent serve`` under the CLI's ``cmd(name, func, help)`` helper (cli.build_parser)."""
     agent = cmd("agent", None, "run the measurement agent on a board (the remote target drives it)")
+    agent.set_defaults(func=lambda a: agent.print_help() or 2)
     sub = agent.add_subparsers(title="agent commands")
     c = sub.add_parser("serve", help="serve measurements over HTTP", description=serve.__doc__)
     c.set_defaults(func=serve)

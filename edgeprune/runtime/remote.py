@@ -137,8 +137,7 @@ class RemoteTarget(Target):
         """Submit one job under a fresh id and poll it to the end. A 404 (the agent restarted and
         lost it) or an abandoned job is submitted again under the same id."""
         job_id = uuid.uuid4().hex
-        spec = JobSpec(kind=kind, device_target=self.options.device_target, timing=timing or self.spec.timing,
-                       runs=runs)
+        spec = JobSpec(kind=kind, device_target=self.options.device_target, timing=timing or self._timing(), runs=runs)
         models = [Path(p).read_bytes() for p in paths]
         self._board()  # the agent is there, has the target, and takes uploads this large
         limit, size = self._info.max_upload_bytes, sum(map(len, models))
@@ -163,6 +162,11 @@ class RemoteTarget(Target):
         if self._busy is not None:
             self._busy.append((status.result.busy_share, status.result.seconds))
         return status.result
+
+    def _timing(self):
+        """This file's timing protocol if it sets one, else None: the board's target's own (a slow
+        board's file may need longer windows than a build machine's defaults)."""
+        return self.spec.timing if "timing" in self.spec.model_fields_set else None
 
     def _submit(self, job_id: str, spec: JobSpec, models: list[bytes]) -> JobStatus:
         files = [("models", (f"model{i}.onnx", data, "application/octet-stream")) for i, data in enumerate(models)]
