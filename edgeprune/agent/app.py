@@ -136,7 +136,9 @@ def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 6
     @app.get("/info")
     async def info() -> AgentInfo:
         store: JobStore = state["store"]
-        infos = await asyncio.to_thread(_target_infos, targets)
+        if "infos" not in state:  # asked once: a fingerprint does not change while the agent runs
+            state["infos"] = await asyncio.to_thread(_target_infos, targets)
+        infos = state["infos"]
         return AgentInfo(version=__version__, targets=infos, host=host_fingerprint(),
                          max_upload_bytes=max_upload_bytes, measurements=store.measurements, queued=len(store.pending))
 
