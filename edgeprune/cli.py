@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from edgeprune import __version__
+from edgeprune.agent.serve import add_commands as add_agent_commands
 from edgeprune.errors import INTERNAL_ERROR, EdgepruneError, UsageError
 from edgeprune.runtime.cpus import passive_openmp
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-confirm", action="store_true", help="do not re-measure to confirm a failure")
     c.add_argument("--json", action="store_true")
     c.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    add_agent_commands(cmd)
     return p
 
 

@@ -15,4 +15,4 @@ python3 -m pip install -q torch==2.14.1 torchvision==0.29.1
 # openvino: the openvino-cpu target and IR export are tested on its real CPU plugin
 # nni: `prune --engine nni` and the NNI uniform-L1 baseline (edgeprune/pruning/nni_engine.py), tested in CI;
 # it pins filelock<3.12, which torch accepts
-python3 -m pip install -q -e ".[dev,openvino,nni]"
+python3 -m pip install -q -e ".[dev,openvino,nni,remote]"

@@ -15,6 +15,7 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "edgeprune.runtime.ort:OrtTarget",
     "openvino": "edgeprune.runtime.openvino:OpenVinoTarget",
     "fake": "edgeprune.runtime.fake:FakeTarget",
+    "remote": "edgeprune.runtime.remote:RemoteTarget",
 }
 
 

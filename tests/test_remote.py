@@ -1,0 +1,155 @@
+"""The ``remote`` target against a real agent: the same dataclasses as a local target, the board's
+fingerprint, one-line errors, and the CLI end to end. Timing is short and compared with generous
+bounds (the host is shared); the ``fake`` device target is deterministic, so its remote and
+local results must be equal."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
+    pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
+
+from agent_helpers import FAST, Agent, free_port, self_signed, tiny_onnx  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
+from edgeprune.checks.baseline import mismatches as baseline_mismatches  # noqa: E402
+from edgeprune.errors import UsageError  # noqa: E402
+from edgeprune.runtime import get_target  # noqa: E402
+from edgeprune.runtime.spec import TargetSpec, TimingSpec  # noqa: E402
+from edgeprune.runtime.timing import Alternation, Latency  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    a = Agent(tmp_path_factory.mktemp("agent"))
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+def test_remote_results_are_the_local_dataclasses(agent, model):
+    """On the deterministic fake runtime the board's results equal a local run's exactly."""
+    board, local = agent.target("fake"), get_target(TargetSpec(name="fake", runtime="fake"))
+    lat = board.measure(model, FAST)
+    assert isinstance(lat, Latency) and lat == local.measure(model, FAST)
+    assert board.measure_many([model, model]) == local.measure_many([model, model])
+    alt = board.measure_alternating(model, model, FAST)
+    assert isinstance(alt, Alternation) and alt == local.measure_alternating(model, model, FAST)
+    assert board.layer_times(model) == local.layer_times(model)
+    with pytest.raises(UsageError, match="nothing to compile here"):
+        board.compile(model)
+    # the protocol: the remote file's timing when it sets one, else the board's target's own
+    two = TimingSpec(warmup_s=0.05, min_runs=5, min_time_s=0.08, windows=2)
+    assert len(agent.target("fake", timing=two).measure_alternating(model, model).rounds_ms) == 2
+    assert len(agent.target("fake", timing=None).measure_alternating(model, model).rounds_ms) == TimingSpec().windows
+
+
+def test_remote_and_local_ort_agree(agent, model):
+    """The same ONNX on ort-cpu here and through the agent (same host): interleaved readings,
+    the best of each within a factor of 1.5 (the host is shared; this is not a timing test)."""
+    board, local = agent.target("ort-cpu"), get_target("ort-cpu")
+    remote_ms, local_ms = [], []
+    for _ in range(3):
+        local_ms.append(local.measure(model, FAST).median_ms)
+        lat = board.measure(model, FAST)
+        remote_ms.append(lat.median_ms)
+        assert len(lat.window_medians_ms) == FAST.windows and len(lat.samples_ms) == lat.runs >= FAST.min_runs
+    ratio = min(remote_ms) / min(local_ms)
+    assert 1 / 1.5 < ratio < 1.5, (remote_ms, local_ms)
+    layers = board.layer_times(model, runs=3)
+    assert [t.name for t in layers] and all(t.ms >= 0 for t in layers)
+    out, busy = board.with_busy_share(lambda: board.measure(model, TimingSpec(min_time_s=0.1, windows=3)))
+    assert isinstance(out, Latency)
+    if Path("/proc/self/schedstat").exists():  # the agent read its measuring thread's CPU wait
+        assert isinstance(busy, float) and 0 <= busy <= 1
+
+
+def test_the_fingerprint_is_the_boards(agent, monkeypatch):
+    import edgeprune.runtime.base as base
+    info = agent.info()
+    monkeypatch.setattr(base, "host_fingerprint", lambda: {"host_cpu": "the client's CPU", "host_cores": 999})
+    fp = agent.target("fake").fingerprint()
+    assert fp == {**info["targets"]["fake"]["fingerprint"], "agent_host": "127.0.0.1"}
+    assert fp["runtime"] == "fake" and fp["host_cpu"] != "the client's CPU" and fp["host_cores"] == os.cpu_count()
+    board = agent.target("ort-cpu")
+    assert board.fingerprint()["runtime"] == "onnxruntime" and board.runtime_version() == fp_version(info)
+    here = board.fingerprint()  # baselines compare every key of it, the agent's host included
+    assert set(baseline_mismatches({k: f"other-{v}" for k, v in here.items()}, here)) == set(here)
+
+
+def fp_version(info: dict) -> str:
+    return info["targets"]["ort-cpu"]["fingerprint"]["runtime_version"]
+
+
+def test_refused_token_and_unreachable_agent_are_one_line(agent, tmp_path, model):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token\n")
+    with pytest.raises(UsageError, match=f"the agent at {agent.url} refused the token in {wrong}"):
+        agent.target("fake", token_file=str(wrong)).measure(model)
+    gone = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UsageError, match=f"cannot reach the agent at {gone} after 2 attempts"):
+        agent.target("fake", url=gone, retries=1, connect_timeout_s=1).measure(model)
+    with pytest.raises(UsageError, match="option url"):
+        agent.target("fake", url="ftp://x")
+    with pytest.raises(UsageError, match="option nope"):
+        agent.target("fake", nope=1)
+
+
+def test_cli_measure_and_check_through_a_remote_target_file(agent, model, tmp_path):
+    """``measure`` on the board's ort-cpu; ``check --update`` then ``check`` on its fake runtime
+    (deterministic: the subject is the plumbing, and a busy shared host would only make a real
+    check retry and wait)."""
+    target = agent.target_file(tmp_path / "boards")
+    r = run_cli(["measure", model, "--target", target, "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["median_ms"] > 0
+    target = agent.target_file(tmp_path / "boards", device_target="fake", name="board-fake")
+    before = agent.info()["measurements"]
+    r = run_cli(["check", model, "--target", target, "--update"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    base = json.loads(next((tmp_path / "profiles" / "board-fake").glob("baseline-*.json")).read_text())
+    assert base["fingerprint"]["runtime"] == "fake" and base["fingerprint"]["agent_host"] == "127.0.0.1"
+    r = run_cli(["check", model, "--target", target, "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)["checks"][0]
+    assert out["status"] == "pass" and out["comparison"] is not None, out  # paired with the frozen copy
+    assert agent.info()["measurements"] > before
+
+
+def test_tls_with_the_boards_certificate(tmp_path, model):
+    tls = self_signed(tmp_path)
+    if tls is None:
+        pytest.skip("openssl is not installed (makes the test certificate)")
+    a = Agent(tmp_path, targets="fake", tls=tls)
+    try:
+        assert a.url.startswith("https://")
+        local = get_target(TargetSpec(name="fake", runtime="fake"))
+        assert a.target("fake", ca_file=str(tls[0])).measure(model) == local.measure(model)
+        with pytest.raises(UsageError, match=f"cannot reach the agent at {a.url}.*CERTIFICATE_VERIFY_FAILED"):
+            a.target("fake", retries=0).measure(model)  # the system CAs do not know a self-signed board
+    finally:
+        a.stop()
+
+
+def test_a_model_the_boards_runtime_cannot_load_is_one_line_and_the_agent_goes_on(agent, model, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    odd = tmp_path / "odd.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(odd))
+    board = agent.target("ort-cpu")
+    refused = f"the agent at {agent.url} \\(ort-cpu\\): UsageError: onnxruntime cannot load upload 1: "
+    with pytest.raises(UsageError, match=refused):
+        board.measure(odd)
+    assert board.measure(model, FAST).median_ms > 0
