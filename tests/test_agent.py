@@ -70,6 +70,21 @@ def test_a_body_that_is_not_onnx_is_refused_with_415(agent, model):
     assert agent.info()["measurements"] == before
 
 
+def test_a_model_with_external_data_is_refused_not_loaded(agent, model):
+    """An external-data tensor names a file by path; on the board the runtime would open it
+    (here /etc/passwd). The agent refuses the model before any runtime sees it."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+    m = onnx.load(str(model))
+    w = m.graph.initializer[1]
+    set_external_data(w, location="/etc/passwd")
+    w.ClearField("raw_data")
+    before = agent.info()["measurements"]
+    r = agent.post_job("external-0001", {"kind": "measure", "device_target": "fake"}, [m.SerializeToString()])
+    assert r.status_code == 415 and "external file" in r.json()["detail"] and "w2" in r.json()["detail"], r.text
+    assert agent.info()["measurements"] == before
+
+
 def test_bad_specs_are_refused_in_one_line(agent, model):
     data = [model.read_bytes()]
     r = agent.post_job("bad-spec-0001", {"kind": "measure", "device_target": "nope"}, data)

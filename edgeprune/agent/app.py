@@ -96,13 +96,42 @@ def _replay(body: bytes):
 
 
 def check_onnx(data: bytes, what: str) -> None:
-    """415 unless ``data`` is a valid ONNX model (parsed as protobuf, never unpickled)."""
+    """415 unless ``data`` is a valid, self-contained ONNX model (parsed as protobuf, never
+    unpickled). A tensor stored as external data names a file by path, which the runtime would
+    open on the board (``location: /etc/passwd``): nothing the client sends is used as a path,
+    so such a model is refused, not loaded."""
     import onnx
     try:
-        onnx.checker.check_model(onnx.load_from_string(data))
-    except Exception as e:  # noqa: BLE001 (any parse or checker failure means "not ONNX")
-        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise HTTPException(415, f"{what} is not a valid ONNX model: {why}") from None
+        model = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 (any parse failure means "not ONNX")
+        raise HTTPException(415, f"{what} is not a valid ONNX model: {_first_line(e)}") from None
+    external = next(_external_tensors(model.graph), None)
+    if external is not None:
+        raise HTTPException(415, f"{what} keeps tensor {external!r} in an external file; the agent takes "
+                                 "self-contained models only (onnx.save without save_as_external_data)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 (any checker failure means "not ONNX")
+        raise HTTPException(415, f"{what} is not a valid ONNX model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _external_tensors(graph):
+    """Names of tensors stored outside the model: initializers, and tensor attributes of nodes,
+    subgraphs (If/Loop/Scan bodies) included."""
+    from onnx import TensorProto
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _external_tensors(sub)
+    for t in tensors:
+        if t.data_location == TensorProto.EXTERNAL:
+            yield t.name
 
 
 def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 64 * 2**20,
