@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ from edgeprune.runtime.spec import TimingSpec
 
 E2E_TIMING = TimingSpec(warmup_s=0.2, min_runs=10, min_time_s=0.1, max_time_s=5, windows=5)
 MEASURE_CHUNK = 20  # configurations measured interleaved at once (each holds a compiled session)
+TORCH_LOCK = threading.RLock()  # tracing and ONNX export use torch's global state: one thread at a time
 
 
 @dataclass
@@ -82,7 +84,8 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     """Profile ``model`` on ``target`` and save the table at ``out`` (resumable)."""
     cfg = cfg or ProfileConfig()
     t0 = time.time()
-    structure = analyse(model, input_shape)
+    with TORCH_LOCK:
+        structure = analyse(model, input_shape)
     meta = table_meta(target, structure, model_name)
     levels = level_grid(structure, cfg)
     m = len(next(iter(levels.values()))) if levels else 1
@@ -126,9 +129,10 @@ class Exporter:
         """(ONNX path, Conv/Linear call order) of the model pruned to ``widths``."""
         key = hashlib.sha1(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:12]
         if key not in self.files:
-            pruned = prune_to_widths(self.model, self.input_shape, widths)
-            path = export_onnx(pruned, self.input_shape, self.work / f"{key}.onnx")
-            self.files[key] = path, module_call_order(pruned, self.input_shape)
+            with TORCH_LOCK:
+                pruned = prune_to_widths(self.model, self.input_shape, widths)
+                path = export_onnx(pruned, self.input_shape, self.work / f"{key}.onnx")
+                self.files[key] = path, module_call_order(pruned, self.input_shape)
         return self.files[key]
 
     def measure(self, target: Target, configs: list[dict[str, int]]) -> list[float]:
@@ -343,10 +347,9 @@ def width_choices(channels: int, cfg: ProfileConfig) -> list[int]:
 
 class Partial:
     """Measurements of an unfinished profile, saved after every configuration (a rerun skips
-    them), and the profile's ``run`` id, saved before the first job: a remote target derives
-    each chunk's job ids from it (``Target.job_scope``), so the chunk a killed client was
-    waiting for is answered from the agent's stored result instead of measured again. A new
-    profile (no matching partial file) draws a new run id, so it measures afresh."""
+    them), and its ``run`` id, saved before the first job: a remote target derives each chunk's
+    job ids from it (``Target.job_scope``), so the chunk a killed client waited for comes from
+    the agent's store, not a new measurement; a new profile draws a new id (measures afresh)."""
 
     def __init__(self, out: Path, key: str):
         self.path = out.with_name(out.stem + ".partial.json")
