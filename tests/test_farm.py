@@ -100,3 +100,32 @@ def test_profile_farm_refuses_one_out_for_several_targets(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "{target}" in r.stderr
     r = run_cli(["profile", "tiny_resnet", "--target", "fake,fake"], cwd=tmp_path)
     assert r.returncode == 2 and "more than once" in r.stderr
+
+
+def test_check_all_runs_two_boards_at_once_in_the_files_order(tmp_path):
+    import json
+
+    from agent_helpers import Agent, tiny_onnx
+    from conftest import run_cli
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Agent(tmp_path / "a", targets="fake"), None
+    try:
+        b = Agent(tmp_path / "b", targets="fake")
+        files = [a.target_file(tmp_path / "boards", "fake", "board-a"),
+                 b.target_file(tmp_path / "boards", "fake", "board-b")]
+        tiny_onnx(tmp_path / "m.onnx")
+        (tmp_path / "deploy.yaml").write_text(
+            "checks:\n" + "".join(f"  - artifact: m.onnx\n    target: {f}\n" for f in [*files, *files]))
+        r = run_cli(["check", "--all", "deploy.yaml", "--update", "--json"], cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        events = {"a": a.events(), "b": b.events()}
+    finally:
+        a.stop()
+        b and b.stop()
+    checks = json.loads(r.stdout)["checks"]
+    assert [Path(c["target"]).stem for c in checks] == ["board-a", "board-b", "board-a", "board-b"], checks
+    spans = {n: (min(e["t"] for e in ev if e["event"] == "job_start"),
+                 max(e["t"] for e in ev if e["event"] == "job_end")) for n, ev in events.items()}
+    (a0, a1), (b0, b1) = spans.values()
+    assert a0 < b1 and b0 < a1, spans  # the boards were checked at the same time
