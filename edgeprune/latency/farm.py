@@ -8,7 +8,14 @@ from pathlib import Path
 
 from edgeprune.errors import UsageError
 from edgeprune.progress import lines, say
-from edgeprune.runtime.farm import Outcome, lane_of, report_errors, run_lanes, split_targets, worst_exit
+from edgeprune.runtime.farm import (
+    Outcome,
+    lane_of,
+    report_errors,
+    run_lanes,
+    split_targets,
+    worst_exit,
+)
 
 
 def label(target: str) -> str:
