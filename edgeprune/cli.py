@@ -84,6 +84,9 @@ def cmd_profile(a) -> int:
     from edgeprune.api import profile
     kw = _session_kwargs(a)
     kw.pop("table", None)
+    if "," in a.target:  # a farm: one table per target, boards in parallel
+        from edgeprune.latency.farm import cmd_profile_farm
+        return cmd_profile_farm(a, {k: v for k, v in kw.items() if k != "input_size"})
     t = profile(a.model, a.target, out=a.out, **{k: v for k, v in kw.items() if k != "input_size"},
                 input_size=a.input_size)
     e = t.error
@@ -315,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("profile", cmd_profile, "measure the per-layer latency table of a model on a target")
     common(c)
     table_args(c)
-    c.add_argument("--out", help="table file to write")
+    c.add_argument("--out", help="table file to write (several targets: put {target} in it)")
     c.add_argument("--json", action="store_true")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")

@@ -55,18 +55,22 @@ class Agent:
     """A running ``edgeprune agent serve`` process and what its tests read from it."""
 
     def __init__(self, root: Path, targets: str = "ort-cpu,fake", max_upload_mb: float = 1.0,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, port: int | None = None, log_name: str = "agent.log"):
+        """``--state-dir ROOT/state``: a second Agent on the same root and ``port`` is the first
+        one restarted (``log_name`` keeps each process's log apart)."""
         self.root = root
         self.token_file = root / "token"
         self.token_file.write_text(TOKEN + "\n")
         self.targets_dir = write_fake_target(root / "targets").parent
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.verify: str | bool = str(tls[0]) if tls else True
-        self.log = root / "agent.log"
+        self.log = root / log_name
+        self.state_dir = root / "state"
         env = {**os.environ, "EDGEPRUNE_TARGETS": str(self.targets_dir)}
         args = [sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", str(self.port),
-                "--token-file", str(self.token_file), "--targets", targets, "--max-upload-mb", str(max_upload_mb)]
+                "--token-file", str(self.token_file), "--targets", targets, "--max-upload-mb", str(max_upload_mb),
+                "--state-dir", str(self.state_dir)]
         args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
         self.proc = subprocess.Popen(args, env=env, cwd=root, stderr=self.log.open("w"), stdout=subprocess.DEVNULL)
         self._wait_healthy()
@@ -118,6 +122,11 @@ class Agent:
                         f"  token_file: {self.token_file}\n  device_target: {device_target}\n  retries: 2\n")
         return path
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup (a power cut, an OOM kill)."""
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -139,3 +148,23 @@ def self_signed(directory: Path) -> tuple[Path, Path] | None:
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
+
+
+CHUNK_TIMING = TimingSpec(warmup_s=0.05, min_runs=5, min_time_s=0.2, windows=3)  # ~0.7 s a chunk
+
+
+def measure_chunks(url: str, token_file: str, model: str, out: str, n: int, device_target: str = "ort-cpu") -> dict:
+    """A profile's skeleton: ``n`` chunks measured on the agent through ``Partial`` (the profile's
+    own resume file and job scopes), with enough retries to outlive an agent restart."""
+    from edgeprune.latency.profile import Partial
+    board = get_target(TargetSpec(name="board", runtime="remote", options={
+        "url": url, "token_file": token_file, "device_target": device_target, "retries": 8}))
+    partial = Partial(Path(out), "chunks-key")
+    for k in range(n):
+        partial.measure(str(k), board, lambda: {"ms": board.measure(model, CHUNK_TIMING).median_ms})
+    return partial.samples
+
+
+if __name__ == "__main__":  # a client process the tests kill: URL TOKEN_FILE MODEL OUT N
+    url, token_file, model, out, n = sys.argv[1:6]
+    print(json.dumps(measure_chunks(url, token_file, model, out, int(n))), flush=True)

@@ -153,3 +153,60 @@ def test_a_model_the_boards_runtime_cannot_load_is_one_line_and_the_agent_goes_o
     with pytest.raises(UsageError, match=refused):
         board.measure(odd)
     assert board.measure(model, FAST).median_ms > 0
+
+
+def _answer_once(monkeypatch, board, method: str, status: int):
+    """The board's first ``method`` request gets ``status`` instead of reaching the agent; the
+    requests sent, as (method, job_id or path), are returned."""
+    import httpx
+    client = board._http()
+    real, sent, stubbed = client.request, [], []
+
+    def request(m, path, **kw):
+        sent.append((m, kw.get("data", {}).get("job_id", path)))
+        if m == method and not stubbed:
+            stubbed.append(path)
+            return httpx.Response(status, json={"detail": "stub"}, request=httpx.Request(m, board.url + path))
+        return real(m, path, **kw)
+    monkeypatch.setattr(client, "request", request)
+    return sent
+
+
+def test_a_5xx_answer_is_retried(agent, model, monkeypatch):
+    board = agent.target("fake")
+    board._board()  # /info first, so the stub's 503 hits the submission
+    sent = _answer_once(monkeypatch, board, "POST", 503)
+    before = agent.info()["measurements"]
+    assert board.measure(model).median_ms > 0
+    posts = [j for m, j in sent if m == "POST"]
+    assert len(posts) == 2 and posts[0] == posts[1]  # retried, under the same job id
+    assert agent.info()["measurements"] == before + 1
+
+
+def test_a_404_while_polling_resubmits_the_same_job(agent, model, monkeypatch):
+    """A poll answered 404 (the agent restarted and lost the job): the client submits it again
+    under the same id, and the agent, which has it, measures nothing twice."""
+    board = agent.target("fake")
+    board._board()
+    sent = _answer_once(monkeypatch, board, "GET", 404)
+    before = agent.info()["measurements"]
+    board.measure(model)
+    posts = [j for m, j in sent if m == "POST"]
+    assert [m for m, _ in sent][:3] == ["POST", "GET", "POST"]  # submitted (202), polled: 404, again
+    assert len(posts) == 2 and posts[0] == posts[1]
+    assert agent.info()["measurements"] == before + 1
+
+
+def test_serving_all_addresses_without_tls_warns(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "tok").write_text("a-long-enough-token\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--host", "0.0.0.0",
+                             "--port", str(free_port()), "--token-file", str(tmp_path / "tok"), "--targets", "ort-cpu",
+                             "--state-dir", str(tmp_path / "state")], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "warning: serving 0.0.0.0 without TLS" in line and "--tls-cert" in line

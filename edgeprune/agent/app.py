@@ -135,17 +135,20 @@ def _external_tensors(graph):
 
 
 def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 64 * 2**20,
-               keep: int = 256, grace_s: float = 30.0) -> FastAPI:
-    """The agent for ``targets`` (name -> the board's own Target) behind ``token``."""
-    from edgeprune.agent.jobs import MemoryResults
+               keep: int = 256, grace_s: float = 30.0, state_dir: Path | None = None) -> FastAPI:
+    """The agent for ``targets`` (name -> the board's own Target) behind ``token``. With
+    ``state_dir`` finished results are files there and survive a restart (``agent.state``);
+    without, the last ``keep`` are kept in memory."""
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app):
-        workdir = Path(tempfile.mkdtemp(prefix="edgeprune-agent-"))
-        store = state["store"] = JobStore(targets, workdir, MemoryResults(keep))
+        workdir, results = _storage(state_dir, keep)
+        store = state["store"] = JobStore(targets, workdir, results)
         worker = asyncio.create_task(store.worker())
-        log("agent_start", version=__version__, targets=sorted(targets), workdir=str(workdir))
+        log("agent_start", version=__version__, targets=sorted(targets), workdir=str(workdir),
+            state_dir=str(state_dir) if state_dir else None,
+            stored_results=results.count() if hasattr(results, "count") else 0)
         try:
             yield
         finally:
@@ -199,6 +202,16 @@ def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 6
         return _answer(status)
 
     return app
+
+
+def _storage(state_dir: Path | None, keep: int):
+    """(uploads dir, result store): files under ``state_dir``, else a temp dir and memory."""
+    from edgeprune.agent.jobs import MemoryResults
+    from edgeprune.agent.state import FileResults, prepare
+    if state_dir is None:
+        return Path(tempfile.mkdtemp(prefix="edgeprune-agent-")), MemoryResults(keep)
+    results, uploads = prepare(state_dir)
+    return uploads, FileResults(results)
 
 
 def _parse_spec(text: str, targets: dict[str, Target], n_models: int) -> JobSpec:

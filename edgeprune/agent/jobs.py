@@ -4,8 +4,8 @@ time, so two clients never measure on the board at once (each would disturb the 
 Idempotency: a job id is submitted once per logical measurement by the client and reused on a
 retry, so a dropped connection neither loses a result nor measures twice. A finished id answers
 with its stored result; a queued or running one is not started again. Finished results live in a
-``ResultStore``: bounded memory here; a file-backed store (one JSON file per id, the results are
-pydantic models) would keep them across restarts without touching the rest."""
+``ResultStore``: bounded memory here, or ``agent.state.FileResults`` (one JSON file per id under
+``--state-dir``), which keeps them across restarts of the agent."""
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def add_commands(cmd) -> None:
     c.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     c.add_argument("--tls-key", help="PEM private key of --tls-cert")
     c.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body (default 64)")
+    c.add_argument("--state-dir", help="where finished results are kept across restarts (default "
+                   "$XDG_CACHE_HOME/edgeprune/agent-PORT, else ~/.cache/edgeprune/agent-PORT)")
+    c.add_argument("--no-state-dir", action="store_true", help="keep results in memory only (lost on restart)")
 
 
 def serve(a) -> int:
@@ -43,16 +47,33 @@ def serve(a) -> int:
         raise UsageError(f"--port must be in 0..65535, got {a.port}")
     tls = tls_files(a.tls_cert, a.tls_key)
     targets = load_targets(a.targets)
+    state_dir = None if a.no_state_dir else usable_state_dir(a.state_dir, a.port)
     if not tls and not is_loopback(a.host):
         print(f"edgeprune: warning: serving {a.host} without TLS: the token and models cross the network "
               "in clear; give --tls-cert and --tls-key", file=sys.stderr)
     import uvicorn
 
     from edgeprune.agent.app import create_app
-    app = create_app(targets, token, int(a.max_upload_mb * 2**20), grace_s=GRACE_S)
+    app = create_app(targets, token, int(a.max_upload_mb * 2**20), grace_s=GRACE_S, state_dir=state_dir)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5, **({"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if tls else {}))
     return 0
+
+
+def usable_state_dir(given: str | None, port: int) -> Path:
+    """``--state-dir`` (or the default for ``port``), created; refused in one line when it is a
+    file or cannot be written."""
+    from edgeprune.agent.state import default_state_dir
+    if not given and port == 0:
+        raise UsageError("--port 0 has no stable default state directory; give --state-dir or --no-state-dir")
+    path = Path(given).expanduser() if given else default_state_dir(port)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--state-dir {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--state-dir {path} is not writable")
+    return path
 
 
 def read_token(path: str) -> str:

@@ -167,17 +167,21 @@ def measure_pair(target, reference, candidate, timing, tolerance: float, session
 def run_checks(request: CheckRequest) -> list[CheckResult]:
     """Every single check ``request`` stands for (``CheckRequest.checks``). One bad entry of a
     deploy file must not hide the others' verdicts, so its error becomes that entry's result;
-    a single check's bad input raises UsageError (the CLI's one line, exit 2)."""
+    a single check's bad input raises UsageError (the CLI's one line, exit 2). A deploy file's
+    checks on different boards run at once, one at a time per board and all local ones one
+    after another (``runtime.farm``); results keep the file's order."""
     from edgeprune.errors import EdgepruneError
+    from edgeprune.runtime.farm import lane_of, run_lanes
     checks = request.checks()
     if request.deploy is None:
         return [run_check(c) for c in checks]
+    outcomes = run_lanes(checks, [c.artifact for c in checks], [lane_of(c.target) for c in checks], run_check)
     results = []
-    for c in checks:
-        try:
-            results.append(run_check(c))
-        except EdgepruneError as e:
-            results.append(CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(e)]))
+    for c, o in zip(checks, outcomes):
+        if o.error is not None and not isinstance(o.error, EdgepruneError):
+            raise o.error  # a bug: the CLI's internal error, as before
+        results.append(o.value if o.error is None else
+                       CheckResult(c.artifact, c.target or "-", c.baseline, status="error", problems=[str(o.error)]))
     return results
 
 

@@ -15,7 +15,9 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from edgeprune.runtime.spec import TimingSpec
 
 E2E_TIMING = TimingSpec(warmup_s=0.2, min_runs=10, min_time_s=0.1, max_time_s=5, windows=5)
 MEASURE_CHUNK = 20  # configurations measured interleaved at once (each holds a compiled session)
+TORCH_LOCK = threading.RLock()  # tracing and ONNX export use torch's global state: one thread at a time
 
 
 @dataclass
@@ -81,7 +84,8 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     """Profile ``model`` on ``target`` and save the table at ``out`` (resumable)."""
     cfg = cfg or ProfileConfig()
     t0 = time.time()
-    structure = analyse(model, input_shape)
+    with TORCH_LOCK:
+        structure = analyse(model, input_shape)
     meta = table_meta(target, structure, model_name)
     levels = level_grid(structure, cfg)
     m = len(next(iter(levels.values()))) if levels else 1
@@ -96,18 +100,15 @@ def build_table(model: nn.Module, target: Target, input_shape: tuple[int, ...], 
     with tempfile.TemporaryDirectory() as work, bar(f"profile {model_name}", len(design) + len(chunks) + 1, cfg.progress) as advance:
         files = Exporter(model, input_shape, Path(work))
         for k, widths in enumerate(design):
-            if str(k) not in partial.samples:
-                partial.add(str(k), profile_config(files, target, widths, cfg.runs))
+            partial.measure(str(k), target, lambda: profile_config(files, target, widths, cfg.runs))
             advance(info=f"config {k + 1}/{len(design)}")
         for k, chunk in enumerate(chunks):
-            if f"e2e{k}" not in partial.samples:
-                partial.add(f"e2e{k}", {"ms": files.measure(target, chunk)})
+            partial.measure(f"e2e{k}", target, lambda: {"ms": files.measure(target, chunk)})
             advance(info=f"end-to-end calibration {k + 1}/{len(chunks)}")
         samples = [partial.samples[str(k)] for k in range(len(design))]
         e2e = [ms for k in range(len(chunks)) for ms in partial.samples[f"e2e{k}"]["ms"]]
         table = assemble(structure, levels, samples, meta, calib, e2e, cfg.align)
-        if "checks" not in partial.samples:
-            partial.add("checks", {"ms": files.measure(target, checks)})
+        partial.measure("checks", target, lambda: {"ms": files.measure(target, checks)})
         advance(info="validation")
     table.error = TableError.from_pairs([table.predict(w) for w in checks], partial.samples["checks"]["ms"], checks)
     table.meta.update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), edgeprune_version=__version__,
@@ -128,9 +129,10 @@ class Exporter:
         """(ONNX path, Conv/Linear call order) of the model pruned to ``widths``."""
         key = hashlib.sha1(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:12]
         if key not in self.files:
-            pruned = prune_to_widths(self.model, self.input_shape, widths)
-            path = export_onnx(pruned, self.input_shape, self.work / f"{key}.onnx")
-            self.files[key] = path, module_call_order(pruned, self.input_shape)
+            with TORCH_LOCK:
+                pruned = prune_to_widths(self.model, self.input_shape, widths)
+                path = export_onnx(pruned, self.input_shape, self.work / f"{key}.onnx")
+                self.files[key] = path, module_call_order(pruned, self.input_shape)
         return self.files[key]
 
     def measure(self, target: Target, configs: list[dict[str, int]]) -> list[float]:
@@ -344,24 +346,41 @@ def width_choices(channels: int, cfg: ProfileConfig) -> list[int]:
 
 
 class Partial:
-    """Measurements of an unfinished profile, saved after every configuration."""
+    """Measurements of an unfinished profile, saved after every configuration (a rerun skips
+    them), and its ``run`` id, saved before the first job: a remote target derives each chunk's
+    job ids from it (``Target.job_scope``), so the chunk a killed client waited for comes from
+    the agent's store, not a new measurement; a new profile draws a new id (measures afresh)."""
 
     def __init__(self, out: Path, key: str):
         self.path = out.with_name(out.stem + ".partial.json")
         self.key = key
         self.samples: dict[str, dict] = {}
+        self.run: str | None = None
         if self.path.exists():
             try:
                 d = json.loads(self.path.read_text())
                 if d.get("key") == key:
-                    self.samples = d["samples"]
+                    self.samples, self.run = d["samples"], d.get("run")
             except (ValueError, KeyError):
                 pass
 
+    def measure(self, k: str, target: Target, run) -> None:
+        """``run()`` under chunk ``k``'s job scope and keep its sample, unless already kept."""
+        if k in self.samples:
+            return
+        if self.run is None:
+            self.run = uuid.uuid4().hex
+            self._save()
+        with target.job_scope(f"{self.run}:{k}"):
+            self.add(k, run())
+
     def add(self, k: str, sample: dict) -> None:
         self.samples[k] = sample
+        self._save()
+
+    def _save(self) -> None:
         with atomic_write(self.path) as tmp:
-            tmp.write_text(json.dumps({"key": self.key, "samples": self.samples}))
+            tmp.write_text(json.dumps({"key": self.key, "run": self.run, "samples": self.samples}))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

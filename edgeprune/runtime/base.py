@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, TypeVar
@@ -118,6 +119,14 @@ class Target(ABC):
         wait1, wall = cpu_wait_ns(), time.perf_counter() - t0
         known = wait0 is not None and wait1 is not None and wall >= MIN_GUARDED_S
         return out, (round((wait1 - wait0) / 1e9 / wall, 4) if known else None)
+
+    @contextmanager
+    def job_scope(self, key: str):
+        """Measurements inside belong to one resumable unit of work (a profile's chunk) named
+        ``key``. A local target measures in this process and has nothing to resume; a remote
+        one derives its job ids from ``key``, so a rerun after a killed client gets the
+        agent's stored results for the jobs it had already sent (``RemoteTarget``)."""
+        yield
 
     def artifact_kind(self) -> str:
         """The export format (``edgeprune.artifacts.kinds.KINDS``) this target deploys; the pipeline

@@ -10,15 +10,20 @@ Target options (``options:`` in the target file, checked by ``RemoteOptions``):
                              errors and 5xx, with exponential backoff)
   ca_file: board-ca.pem      CA bundle to verify a self-signed agent certificate
 
-Each logical measurement gets one uuid job id, reused by every retry of it, so a dropped
+Each logical measurement gets one job id, reused by every retry of it, so a dropped
 connection neither loses the result nor measures twice (the agent answers a known id with its
-stored result). The fingerprint is the board's (its target's and host's, from ``/info``) plus
+stored result). Outside a ``job_scope`` the id is a fresh uuid; inside one (a profile's chunk)
+it is a hash of the scope's key, the job's place in the scope, its spec and its models, so a
+client killed and run again sends the same ids and the agent (with ``--state-dir``, across its
+own restarts too) answers the finished ones from its store. The fingerprint is the board's (its target's and host's, from ``/info``) plus
 the agent's host name: never this client's host, whose CPU plays no part in the numbers.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
@@ -89,6 +94,7 @@ class RemoteTarget(Target):
         self._info: AgentInfo | None = None
         self._client = None
         self._busy: list[tuple[float | None, float]] | None = None
+        self._scope: list | None = None  # [key, jobs sent in it so far] inside job_scope
 
     # --- the Target interface, answered by the board ------------------------------------------
 
@@ -131,14 +137,36 @@ class RemoteTarget(Target):
         total = sum(w for _, w in known)
         return out, (round(sum(s * w for s, w in known) / total, 4) if total else None)
 
+    @contextmanager
+    def job_scope(self, key: str):
+        """Job ids derived from ``key`` inside (see the module's docstring); scopes nest, the
+        innermost wins."""
+        outer, self._scope = self._scope, [key, 0]
+        try:
+            yield
+        finally:
+            self._scope = outer
+
     # --- jobs ----------------------------------------------------------------------------------
 
+    def _job_id(self, spec: JobSpec, models: list[bytes]) -> str:
+        """A uuid, or inside a job scope the same id for the same n-th job of the same scope:
+        the n keeps a deliberate repeat (the same model measured twice) two measurements."""
+        if self._scope is None:
+            return uuid.uuid4().hex
+        self._scope[1] += 1
+        h = hashlib.sha256()
+        for part in (self._scope[0], str(self._scope[1]), spec.model_dump_json(), *models):
+            part = part.encode() if isinstance(part, str) else part
+            h.update(len(part).to_bytes(8, "big") + part)
+        return h.hexdigest()[:40]
+
     def _job(self, kind: str, paths: list, timing, runs: int = 10) -> JobResult:
-        """Submit one job under a fresh id and poll it to the end. A 404 (the agent restarted and
+        """Submit one job (``_job_id``) and poll it to the end. A 404 (the agent restarted and
         lost it) or an abandoned job is submitted again under the same id."""
-        job_id = uuid.uuid4().hex
         spec = JobSpec(kind=kind, device_target=self.options.device_target, timing=timing or self._timing(), runs=runs)
         models = [Path(p).read_bytes() for p in paths]
+        job_id = self._job_id(spec, models)
         self._board()  # the agent is there, has the target, and takes uploads this large
         limit, size = self._info.max_upload_bytes, sum(map(len, models))
         if limit and size > limit * 0.99:  # leave room for the multipart envelope
