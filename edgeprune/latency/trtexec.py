@@ -345,6 +345,7 @@ def run_cli(a) -> int:
         m = r.table.meta
         print(json.dumps({"path": str(path), "hash": r.table.digest, "layers": len(r.layers),
                           "table_layers": len(r.table.layers), "groups": r.table.groups, "scale": r.table.scale,
+                          "convs_mapped": r.convs_mapped, "convs_total": r.convs_total,
                           **{k: m[k] for k in ("layer_sum_ms", "mapped_ms", "unmapped_ms", "e2e_ms", "calibrated",
                                                "raw_vs_e2e_pct")}}))
     else:

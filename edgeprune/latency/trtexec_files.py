@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from edgeprune.errors import UsageError
 
@@ -192,7 +199,6 @@ def load_times(path: str | Path) -> list[TimingRecord]:
     data = read_json(p, what)
     if not isinstance(data, list) or not data:
         raise UsageError(f"{p} is not a trtexec {what}: it must be a non-empty list of per-iteration records")
-    from pydantic import TypeAdapter
     try:
         return TypeAdapter(list[TimingRecord]).validate_python(data)
     except ValidationError as e:
