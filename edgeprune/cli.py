@@ -81,6 +81,11 @@ def cmd_measure(a) -> int:
 
 
 def cmd_profile(a) -> int:
+    if a.from_trtexec:
+        from edgeprune.latency.trtexec import run_cli
+        return run_cli(a)
+    if not a.model:
+        raise UsageError("profile needs a MODEL (or --from-trtexec PROFILE.json)")
     from edgeprune.api import profile
     kw = _session_kwargs(a)
     kw.pop("table", None)
@@ -316,10 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     c = cmd("profile", cmd_profile, "measure the per-layer latency table of a model on a target")
-    common(c)
+    c.add_argument("model", nargs="?", help="torchvision name, efficientnet_lite0, or pkg.module:factory")
+    common(c, model=False)
     table_args(c)
     c.add_argument("--out", help="table file to write (several targets: put {target} in it)")
     c.add_argument("--json", action="store_true")
+    g = c.add_argument_group("from trtexec (a table from TensorRT's exported files; README: TensorRT profiles)")
+    g.add_argument("--from-trtexec", metavar="PROFILE.json", help="trtexec --exportProfile file")
+    g.add_argument("--layer-info", metavar="LAYERS.json", help="trtexec --exportLayerInfo file (maps layers)")
+    g.add_argument("--times", metavar="TIMES.json", help="trtexec --exportTimes file: calibrate to its median")
+    g.add_argument("--metadata", metavar="FILE", help="trex profile.metadata.json: calibrate to its GPU compute median")
+    g.add_argument("--e2e-ms", type=_number, help="calibrate to this end-to-end time (overrides --times/--metadata)")
+    g.add_argument("--model", dest="model_name", help="model the engine was built from: map layers to its groups")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
     common(c)
