@@ -10,6 +10,15 @@ from pathlib import Path
 
 from edgeprune import __version__
 from edgeprune.agent.serve import add_commands as add_agent_commands
+from edgeprune.cli_args import (
+    COUNT,
+    POSITIVE,
+    HelpWithDefaults,
+    Parser,
+    fraction,
+    int_at_least,
+    number,
+)
 from edgeprune.errors import INTERNAL_ERROR, EdgepruneError, UsageError
 from edgeprune.runtime.cpus import passive_openmp
 
@@ -21,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except UsageError as e:  # a flag out of range, a bad choice, a missing argument (_Parser.error)
+    except UsageError as e:  # a flag out of range, a bad choice, a missing argument (Parser.error)
         print(f"edgeprune: error: {e}", file=sys.stderr)
         return e.exit_code
     if not getattr(args, "func", None):
@@ -209,69 +218,15 @@ def cmd_check(a) -> int:
     return exit_code(results)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's errors as the contract's one line (exit 2, via main), not a usage block plus
-    an error: the usage hides the one line that says what was wrong."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-def _int_at_least(low: int):
-    """An argparse type: an integer >= ``low``, refused at parse time with the flag's name."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a fraction in (0, 1] (NaN and infinities refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
-    return value
-
-
-def _number(text: str) -> float:
-    """An argparse type: a float, with a one-line message for a non-number (the range is
-    checked where the value is used: budgets must also be finite, tolerances in [0, 1))."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-_POSITIVE, _COUNT = _int_at_least(1), _int_at_least(0)
-
-
-class _HelpWithDefaults(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless it says it already or has none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return text + " (default: %(default)s)"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edgeprune", description="Prune CNNs to a measured latency budget. Exit codes: "
+    p = Parser(prog="edgeprune", description="Prune CNNs to a measured latency budget. Exit codes: "
                                 "0 done; 1 over budget or regression; 2 bad input; 3 internal error; 130 interrupted.")
     p.add_argument("--version", action="version", version=f"edgeprune {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(title="commands")
 
     def cmd(name, func, help_):
-        c = sub.add_parser(name, help=help_, description=help_, formatter_class=_HelpWithDefaults)
+        c = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpWithDefaults)
         c.set_defaults(func=func)
         return c
 
@@ -279,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             c.add_argument("model", help="torchvision name, efficientnet_lite0, or pkg.module:factory")
         c.add_argument("--target", default=target, help=f"target name in targets/ or a YAML path (default {target})")
-        c.add_argument("--input-size", type=_POSITIVE, help="square input size in pixels")
+        c.add_argument("--input-size", type=POSITIVE, help="square input size in pixels")
         c.add_argument("--weights", help="trained state dict (loaded with weights_only=True)")
 
     def table_args(c):
@@ -292,25 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="neither use nor keep the loop's readings beside the table (TABLE.landings.json), "
                             "which correct its predictions where budgets land")
         g = c.add_argument_group("profiling (when a table is measured)")
-        g.add_argument("--levels", type=_int_at_least(2), default=5, help="widths per group (rounded up to a prime)")
-        g.add_argument("--runs", type=_POSITIVE, default=10, help="profiled runs per configuration")
-        g.add_argument("--calibrate", type=_COUNT, default=60, help="random configurations to calibrate on")
-        g.add_argument("--validate", type=_COUNT, default=5, help="other random configurations for the error")
+        g.add_argument("--levels", type=int_at_least(2), default=5, help="widths per group (rounded up to a prime)")
+        g.add_argument("--runs", type=POSITIVE, default=10, help="profiled runs per configuration")
+        g.add_argument("--calibrate", type=COUNT, default=60, help="random configurations to calibrate on")
+        g.add_argument("--validate", type=COUNT, default=5, help="other random configurations for the error")
 
     def accuracy_args(c, default):
         g = c.add_argument_group("accuracy search")
         g.add_argument("--objective", default=default, choices=["adaptive-bn", "importance"],
                        help="adaptive-bn (default with data): candidates at the budget scored by validation "
                             "accuracy after BN re-estimation; importance: most channel importance kept per ms")
-        g.add_argument("--candidates", type=_COUNT, default=32, help="random width shapes scored (adaptive-bn)")
-        g.add_argument("--refine", type=_COUNT, default=16, help="mutations of the best shapes scored (adaptive-bn)")
-        g.add_argument("--search-seed", type=_COUNT, default=0, help="seed of the candidate sampling")
+        g.add_argument("--candidates", type=COUNT, default=32, help="random width shapes scored (adaptive-bn)")
+        g.add_argument("--refine", type=COUNT, default=16, help="mutations of the best shapes scored (adaptive-bn)")
+        g.add_argument("--search-seed", type=COUNT, default=0, help="seed of the candidate sampling")
 
     def search_args(c):
-        c.add_argument("--budget-ms", type=_number, help="latency budget (default: the target file's)")
-        c.add_argument("--min-ratio", type=_fraction, default=0.25, help="no group below this fraction")
-        c.add_argument("--min-width", type=_POSITIVE, default=8)
-        c.add_argument("--round-to", type=_POSITIVE, default=8)
+        c.add_argument("--budget-ms", type=number, help="latency budget (default: the target file's)")
+        c.add_argument("--min-ratio", type=fraction, default=0.25, help="no group below this fraction")
+        c.add_argument("--min-width", type=POSITIVE, default=8)
+        c.add_argument("--round-to", type=POSITIVE, default=8)
         c.add_argument("--protect", nargs="+", metavar="NAME", help="layers or groups kept whole")
 
     c = cmd("targets", cmd_targets, "list targets and whether their runtime is installed")
@@ -331,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer-info", metavar="LAYERS.json", help="trtexec --exportLayerInfo file (maps layers)")
     g.add_argument("--times", metavar="TIMES.json", help="trtexec --exportTimes file: calibrate to its median")
     g.add_argument("--metadata", metavar="FILE", help="trex profile.metadata.json: calibrate to its GPU compute median")
-    g.add_argument("--e2e-ms", type=_number, help="calibrate to this end-to-end time (overrides --times/--metadata)")
+    g.add_argument("--e2e-ms", type=number, help="calibrate to this end-to-end time (overrides --times/--metadata)")
     g.add_argument("--model", dest="model_name", help="model the engine was built from: map layers to its groups")
 
     c = cmd("search", cmd_search, "choose per-group widths that fit a budget (prediction only)")
@@ -341,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy_args(c, default=None)
     c.add_argument("--data", help="data to score candidates on (adaptive-bn): digits, fashion-mnist, or a folder")
     c.add_argument("--data-root", help="Fashion-MNIST directory")
-    c.add_argument("--train-samples", type=_POSITIVE)
-    c.add_argument("--val-samples", type=_POSITIVE)
+    c.add_argument("--train-samples", type=POSITIVE)
+    c.add_argument("--val-samples", type=POSITIVE)
     c.add_argument("--json", action="store_true")
 
     c = cmd("prune", cmd_prune, "prune, fine-tune and export a model to fit a measured budget")
@@ -351,17 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     search_args(c)
     c.add_argument("--data", default="digits", help="digits, fashion-mnist, or an ImageFolder path")
     c.add_argument("--data-root", help="Fashion-MNIST directory")
-    c.add_argument("--epochs", type=_COUNT, default=3, help="fine-tune epochs (spread over --steps)")
-    c.add_argument("--baseline-epochs", type=_COUNT, default=3, help="epochs to train an untrained model first")
+    c.add_argument("--epochs", type=COUNT, default=3, help="fine-tune epochs (spread over --steps)")
+    c.add_argument("--baseline-epochs", type=COUNT, default=3, help="epochs to train an untrained model first")
     c.add_argument("--no-finetune", action="store_true")
-    c.add_argument("--steps", type=_POSITIVE, default=1, help="gradual pruning: prune+fine-tune steps")
+    c.add_argument("--steps", type=POSITIVE, default=1, help="gradual pruning: prune+fine-tune steps")
     c.add_argument("--engine", default="torch-pruning", metavar="{torch-pruning,nni}",
                    help="library that physically removes the channels: torch-pruning (default) or nni "
                         "(pip install 'edgeprune[nni]'); group names and the search are the same with either")
     accuracy_args(c, default="adaptive-bn")
-    c.add_argument("--train-samples", type=_POSITIVE)
-    c.add_argument("--val-samples", type=_POSITIVE)
-    c.add_argument("--test-samples", type=_POSITIVE)
+    c.add_argument("--train-samples", type=POSITIVE)
+    c.add_argument("--val-samples", type=POSITIVE)
+    c.add_argument("--test-samples", type=POSITIVE)
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--json", action="store_true", help="print the report as JSON (also in OUT/report.json)")
 
@@ -379,11 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", help="OpenVINO target (default: the run's own if OpenVINO, else openvino-cpu)")
     c.add_argument("--data", help="dataset (default: the run's): digits, fashion-mnist, or an ImageFolder path")
     c.add_argument("--data-root", help="Fashion-MNIST directory")
-    c.add_argument("--calibration-samples", type=_POSITIVE, default=300, help="training images to calibrate on")
-    c.add_argument("--test-samples", type=_POSITIVE, help="test images to evaluate on (default: all)")
+    c.add_argument("--calibration-samples", type=POSITIVE, default=300, help="training images to calibrate on")
+    c.add_argument("--test-samples", type=POSITIVE, help="test images to evaluate on (default: all)")
     c.add_argument("--preset", default="performance", choices=["performance", "mixed"],
                    help="NNCF preset: symmetric (performance) or asymmetric (mixed) activations")
-    c.add_argument("--seed", type=_COUNT, default=0, help="seed of the calibration subset")
+    c.add_argument("--seed", type=COUNT, default=0, help="seed of the calibration subset")
     c.add_argument("--json", action="store_true")
 
     c = cmd("report", cmd_report, "re-render prune runs' reports and charts; plot several runs' accuracy "
@@ -400,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "target against its budget (each unless given)")
     c.add_argument("--target", help="target name or YAML path (default: the artifact's, else ort-cpu)")
     c.add_argument("--baseline", help="baseline file (default profiles/TARGET/baseline-STEM.json)")
-    c.add_argument("--tolerance", type=_number, help="slowdown tolerated as a fraction (default 0.05)")
-    c.add_argument("--budget-ms", type=_number, help="budget (default: the target file's for the model)")
+    c.add_argument("--tolerance", type=number, help="slowdown tolerated as a fraction (default 0.05)")
+    c.add_argument("--budget-ms", type=number, help="budget (default: the target file's for the model)")
     c.add_argument("--update", action="store_true", help="measure and (over)write the baseline")
     c.add_argument("--reference", metavar="OLD_ARTIFACT",
                    help="compare with this artifact measured in turn in the same run (robust on a noisy "
