@@ -77,7 +77,9 @@ def test_the_fingerprint_is_the_boards(agent, monkeypatch):
     info = agent.info()
     monkeypatch.setattr(base, "host_fingerprint", lambda: {"host_cpu": "the client's CPU", "host_cores": 999})
     fp = agent.target("fake").fingerprint()
-    assert fp == {**info["targets"]["fake"]["fingerprint"], "agent_host": "127.0.0.1"}
+    power = {"power_mode": None, "cpu_governor": info["host"]["power"]["cpu_governor"]}  # no nvpmodel here
+    assert fp == {**info["targets"]["fake"]["fingerprint"], **power, "agent_host": "127.0.0.1"}
+    assert "cpu_cur_mhz" not in fp  # volatile: reported in /info, never compared
     assert fp["runtime"] == "fake" and fp["host_cpu"] != "the client's CPU" and fp["host_cores"] == os.cpu_count()
     board = agent.target("ort-cpu")
     assert board.fingerprint()["runtime"] == "onnxruntime" and board.runtime_version() == fp_version(info)
@@ -122,6 +124,33 @@ def test_cli_measure_and_check_through_a_remote_target_file(agent, model, tmp_pa
     out = json.loads(r.stdout)["checks"][0]
     assert out["status"] == "pass" and out["comparison"] is not None, out  # paired with the frozen copy
     assert agent.info()["measurements"] > before
+
+
+def test_cli_check_through_a_remote_target_file_fails_for_a_slower_model(agent, model, tmp_path):
+    """The baseline recorded through the board, then the artifact replaced by one with four times
+    the channels (the fake runtime's cost grows with MACs): a paired regression, exit 1."""
+    target = agent.target_file(tmp_path / "boards", device_target="fake", name="board-fake")
+    artifact = tmp_path / "m.onnx"
+    artifact.write_bytes(model.read_bytes())
+    r = run_cli(["check", artifact, "--target", target, "--update"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tiny_onnx(artifact, channels=64)
+    r = run_cli(["check", artifact, "--target", target, "--json"], cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)["checks"][0]
+    assert (out["status"], out["regression"]) == ("fail", True), out
+    assert out["comparison"]["method"] == "paired" and out["comparison"]["ratio"] > 2, out
+
+
+def test_a_changed_power_state_makes_the_baseline_incomparable(agent):
+    """The Jetson power mode and the governors are part of the board's fingerprint, so a baseline
+    recorded under others is not compared; the current frequency is not (it moves all the time).
+    The board's power state is changed in the client's copy of /info."""
+    board = agent.target("fake")
+    recorded = board.fingerprint()
+    board._info.host["power"] = {**board._info.host["power"], "cpu_governor": ["test-governor"],
+                                 "cpu_cur_mhz": [1], "nvpmodel": {"name": "MAXN", "id": 0}}
+    assert set(baseline_mismatches(recorded, board.fingerprint())) == {"power_mode", "cpu_governor"}
 
 
 def test_tls_with_the_boards_certificate(tmp_path, model):

@@ -3,7 +3,8 @@ are size-limited before they are read and must parse as ONNX; nothing the client
 unpickled or used as a file path.
 
   GET  /health              liveness
-  GET  /info                version, the board's targets and their fingerprints, counters
+  GET  /info                version, the board's targets and their fingerprints, its host (CPU,
+                            power: governors, clocks, Jetson power mode), counters
   POST /jobs                multipart: job_id, spec (JobSpec as JSON), models (1..n ONNX files)
                             -> JobStatus; 200 when final, else 202 with X-Queue-Position
   GET  /jobs/{id}?wait=S    long poll: the job's status once final or after S seconds; 404 unknown
@@ -25,6 +26,7 @@ from edgeprune import __version__
 from edgeprune.agent.jobs import JobStore, log
 from edgeprune.agent.protocol import FINAL, MODELS_PER_KIND, AgentInfo, JobSpec, JobStatus, TargetInfo, valid_job_id
 from edgeprune.runtime.base import Target, host_fingerprint
+from edgeprune.runtime.power import power_info
 
 MAX_WAIT_S = 60.0
 
@@ -171,7 +173,8 @@ def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 6
         if "infos" not in state:  # asked once: a fingerprint does not change while the agent runs
             state["infos"] = await asyncio.to_thread(_target_infos, targets)
         infos = state["infos"]
-        return AgentInfo(version=__version__, targets=infos, host=host_fingerprint(),
+        host = {**host_fingerprint(), "power": await asyncio.to_thread(power_info)}  # read each time: nvpmodel -m
+        return AgentInfo(version=__version__, targets=infos, host=host,
                          max_upload_bytes=max_upload_bytes, measurements=store.measurements, queued=len(store.pending))
 
     @app.post("/jobs")

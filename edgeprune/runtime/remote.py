@@ -15,8 +15,9 @@ connection neither loses the result nor measures twice (the agent answers a know
 stored result). Outside a ``job_scope`` the id is a fresh uuid; inside one (a profile's chunk)
 it is a hash of the scope's key, the job's place in the scope, its spec and its models, so a
 client killed and run again sends the same ids and the agent (with ``--state-dir``, across its
-own restarts too) answers the finished ones from its store. The fingerprint is the board's (its target's and host's, from ``/info``) plus
-the agent's host name: never this client's host, whose CPU plays no part in the numbers.
+own restarts too) answers the finished ones from its store. The fingerprint is the board's (its target's and host's, from ``/info``, with
+its power mode and CPU governors) plus the agent's host name: never this client's host, whose CPU
+plays no part in the numbers.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeprune.agent.protocol import FINAL, PROTOCOL, AgentInfo, JobResult, JobSpec, JobStatus
 from edgeprune.errors import UsageError
 from edgeprune.runtime.base import Compiled, NodeTime, Target
+from edgeprune.runtime.power import compared_power
 from edgeprune.runtime.timing import Alternation, Latency
 
 T = TypeVar("T")
@@ -102,7 +104,13 @@ class RemoteTarget(Target):
         return str(self._board()["runtime_version"])
 
     def fingerprint(self) -> dict:
-        return {**self._board(), "agent_host": urlparse(self.url).hostname}
+        """The board target's fingerprint, the board's configured power state (Jetson power mode,
+        CPU governors: ``power.compared_power``; an agent too old to report it adds nothing) and
+        the agent's host name."""
+        board = self._board()
+        power = self._info.host.get("power")
+        return {**board, **(compared_power(power) if isinstance(power, dict) else {}),
+                "agent_host": urlparse(self.url).hostname}
 
     def artifact_kind(self) -> str:
         """ONNX: what the agent accepts; it converts to its target's own format itself."""
