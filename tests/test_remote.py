@@ -239,3 +239,18 @@ def test_serving_all_addresses_without_tls_warns(tmp_path):
         proc.terminate()
         proc.wait(30)
     assert "warning: serving 0.0.0.0 without TLS" in line and "--tls-cert" in line
+
+
+def test_models_over_the_upload_limit_together_are_measured_in_several_jobs(agent, tmp_path):
+    """A profile's chunk of six ResNet-18s is 100 MB against the agent's default 64 MB limit,
+    and `profile --target board.yaml` stopped with "raise its --max-upload-mb" (seen running
+    tools/bench_remote.py). Models that fit one by one are sent in as many jobs as the limit
+    needs, in order; only a single model over the limit is refused."""
+    limit = agent.info()["max_upload_bytes"]
+    paths = [tiny_onnx(tmp_path / f"m{i}.onnx", channels=120) for i in range(3)]
+    each = paths[0].stat().st_size
+    assert each < limit < 2 * each  # one model fits, two do not
+    before = agent.info()["measurements"]
+    lats = agent.target("fake").measure_many(paths)
+    assert len(lats) == 3 and all(isinstance(x, Latency) and x.median_ms > 0 for x in lats)
+    assert agent.info()["measurements"] - before == 3
