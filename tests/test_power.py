@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.runtime import power
+from edgeprune.runtime import hardware, power
 
 MAXN = "NV Fan Mode:quiet\nNV Power Mode: MAXN\n0\n"  # a Xavier (JetPack 4/5)
 ORIN_15W = "NVPM WARN: fan mode is not set!\nNV Power Mode: 15W\n2\n"  # an Orin Nano (JetPack 6)
@@ -96,6 +96,25 @@ def test_the_agents_info_reports_power(tmp_path):
     finally:
         a.stop()
     assert set(host["power"]) == {"cpu_governor", "cpu_cur_mhz", "cpu_max_mhz", "clocks_locked", "nvpmodel"}
+    assert host["hardware"] == hardware.hardware_info()  # this host's board model and GPUs, or None
     assert host["power"]["cpu_governor"] == power.cpu_governors()  # this host's, whatever it has
     if not os.path.exists("/" + power.CPUFREQ + "/cpu0/cpufreq"):
         assert host["power"]["cpu_governor"] is None
+
+
+def test_board_model_and_gpus_are_read_and_compared(tmp_path, monkeypatch):
+    """A Jetson's device tree names the board (NUL-terminated); nvidia-smi's CSV names a
+    workstation's GPUs; the compared keys are the board model and the GPU names, not the driver."""
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    assert hardware.board_model(tmp_path) == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert hardware.board_model(tmp_path / "nothing") is None
+    smi = "NVIDIA H200, 580.65.06\nNVIDIA RTX A2000, 580.65.06\n"
+    gpus = hardware.parse_nvidia_smi(smi)
+    assert gpus == [{"name": "NVIDIA H200", "driver": "580.65.06"}, {"name": "NVIDIA RTX A2000", "driver": "580.65.06"}]
+    assert hardware.parse_nvidia_smi("No devices were found\n") is None
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
+    assert hardware.nvidia_gpus() is None  # no nvidia-smi: not an error
+    assert hardware.compared_hardware({"board_model": "Orin", "gpus": gpus}) == {
+        "board_model": "Orin", "gpus": ["NVIDIA H200", "NVIDIA RTX A2000"]}
+    assert hardware.compared_hardware({}) == {"board_model": None, "gpus": None}

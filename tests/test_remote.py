@@ -78,7 +78,9 @@ def test_the_fingerprint_is_the_boards(agent, monkeypatch):
     monkeypatch.setattr(base, "host_fingerprint", lambda: {"host_cpu": "the client's CPU", "host_cores": 999})
     fp = agent.target("fake").fingerprint()
     power = {"power_mode": None, "cpu_governor": info["host"]["power"]["cpu_governor"]}  # no nvpmodel here
-    assert fp == {**info["targets"]["fake"]["fingerprint"], **power, "agent_host": "127.0.0.1"}
+    hw = info["host"]["hardware"]
+    hardware = {"board_model": hw["board_model"], "gpus": sorted(g["name"] for g in hw["gpus"]) if hw["gpus"] else None}
+    assert fp == {**info["targets"]["fake"]["fingerprint"], **power, **hardware, "agent_host": "127.0.0.1"}
     assert "cpu_cur_mhz" not in fp  # volatile: reported in /info, never compared
     assert fp["runtime"] == "fake" and fp["host_cpu"] != "the client's CPU" and fp["host_cores"] == os.cpu_count()
     board = agent.target("ort-cpu")

@@ -1,9 +1,8 @@
 """`edgeprune profile --from-trtexec`: trtexec's exported files -> a LatencyTable, on every real
-file in shared/fixtures/tensorrt (SOURCES.md there says where each comes from)."""
+file in tests/fixtures/tensorrt (SOURCES.md there says where each comes from)."""
 from __future__ import annotations
 
 import json
-import os
 from itertools import pairwise
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from edgeprune.latency.trtexec_files import (
     load_times,
 )
 
-# the real files live beside the checkout (../shared), read-only; EDGEPRUNE_TRT_FIXTURES points elsewhere
-FIX = Path(os.environ.get("EDGEPRUNE_TRT_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/tensorrt"))
-pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason=f"{FIX} (the real trtexec files) not present")
+# the real files, committed with their sources and licences (fixtures/tensorrt/SOURCES.md): the
+# tests run wherever the suite does, never skipped for want of them
+FIX = Path(__file__).resolve().parent / "fixtures" / "tensorrt"
 
 R18, MV2, ALEX, QAT = ("rtx3060_resnet18_fp16", "rtx3060_mobilenet_v2_fp16", "rtx3060_alexnet_fp16",
                        "titanrtx_mobilenet_qat_int8")

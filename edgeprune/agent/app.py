@@ -26,6 +26,7 @@ from edgeprune import __version__
 from edgeprune.agent.jobs import JobStore, log
 from edgeprune.agent.protocol import FINAL, MODELS_PER_KIND, AgentInfo, JobSpec, JobStatus, TargetInfo, valid_job_id
 from edgeprune.runtime.base import Target, host_fingerprint
+from edgeprune.runtime.hardware import hardware_info
 from edgeprune.runtime.power import power_info
 
 MAX_WAIT_S = 60.0
@@ -173,7 +174,10 @@ def create_app(targets: dict[str, Target], token: str, max_upload_bytes: int = 6
         if "infos" not in state:  # asked once: a fingerprint does not change while the agent runs
             state["infos"] = await asyncio.to_thread(_target_infos, targets)
         infos = state["infos"]
-        host = {**host_fingerprint(), "power": await asyncio.to_thread(power_info)}  # read each time: nvpmodel -m
+        if "hardware" not in state:  # fixed while the agent runs
+            state["hardware"] = await asyncio.to_thread(hardware_info)
+        host = {**host_fingerprint(), "hardware": state["hardware"],
+                "power": await asyncio.to_thread(power_info)}  # read each time: nvpmodel -m
         return AgentInfo(version=__version__, targets=infos, host=host,
                          max_upload_bytes=max_upload_bytes, measurements=store.measurements, queued=len(store.pending))
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeprune.agent.protocol import FINAL, PROTOCOL, AgentInfo, JobResult, JobSpec, JobStatus
 from edgeprune.errors import UsageError
 from edgeprune.runtime.base import Compiled, NodeTime, Target
+from edgeprune.runtime.hardware import compared_hardware
 from edgeprune.runtime.power import compared_power
 from edgeprune.runtime.timing import Alternation, Latency
 
@@ -106,11 +107,13 @@ class RemoteTarget(Target):
 
     def fingerprint(self) -> dict:
         """The board target's fingerprint, the board's configured power state (Jetson power mode,
-        CPU governors: ``power.compared_power``; an agent too old to report it adds nothing) and
-        the agent's host name."""
+        CPU governors: ``power.compared_power``), its board model and GPUs
+        (``hardware.compared_hardware``; an agent too old to report them adds nothing) and the
+        agent's host name."""
         board = self._board()
-        power = self._info.host.get("power")
+        power, hardware = self._info.host.get("power"), self._info.host.get("hardware")
         return {**board, **(compared_power(power) if isinstance(power, dict) else {}),
+                **(compared_hardware(hardware) if isinstance(hardware, dict) else {}),
                 "agent_host": urlparse(self.url).hostname}
 
     def artifact_kind(self) -> str:

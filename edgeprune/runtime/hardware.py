@@ -1,0 +1,60 @@
+"""What board an agent runs on, beyond the CPU that ``host_fingerprint`` names: the board model
+(``/proc/device-tree/model`` on a Jetson, a Raspberry Pi or another ARM board: "NVIDIA Jetson
+AGX Orin Developer Kit") and the NVIDIA GPUs ``nvidia-smi`` lists on a workstation or server.
+Both are fixed hardware, so a remote target's fingerprint compares them: a baseline recorded on
+an Orin must not be judged on a Nano with the same CPU cores. Each reader returns None when it
+cannot read its value and never raises (a container or VM has neither)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+NVIDIA_SMI_TIMEOUT_S = 3.0
+
+
+def board_model(root: Path | str = "/") -> str | None:
+    """The device tree's model string (NUL-terminated in the file), None where there is none."""
+    try:
+        text = (Path(root) / "proc/device-tree/model").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return text.replace("\x00", "").strip() or None
+
+
+def parse_nvidia_smi(text: str) -> list[dict] | None:
+    """``nvidia-smi --query-gpu=name,driver_version --format=csv,noheader`` lines as
+    [{"name", "driver"}]; None when no line has both fields."""
+    gpus = []
+    for line in text.splitlines():
+        name, _, driver = (part.strip() for part in line.rpartition(","))
+        if name and driver:
+            gpus.append({"name": name, "driver": driver})
+    return gpus or None
+
+
+def nvidia_gpus(binary: str = "nvidia-smi") -> list[dict] | None:
+    """The NVIDIA GPUs and driver; None without ``nvidia-smi`` (a Jetson has none: its GPU is in
+    the board model), or when it fails or takes longer than ``NVIDIA_SMI_TIMEOUT_S``."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    try:
+        done = subprocess.run([path, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else None
+
+
+def hardware_info(root: Path | str = "/", smi: str = "nvidia-smi") -> dict:
+    """For the agent's ``/info`` (read once: hardware does not change while it runs)."""
+    return {"board_model": board_model(root), "gpus": nvidia_gpus(smi)}
+
+
+def compared_hardware(hardware: dict) -> dict:
+    """The fingerprint keys taken from ``hardware_info``: the board model and the GPU names (not
+    the driver, which the board target's runtime version already stands for where it matters)."""
+    gpus = hardware.get("gpus")
+    return {"board_model": hardware.get("board_model"),
+            "gpus": sorted(g.get("name") for g in gpus) if gpus else None}
