@@ -14,7 +14,7 @@ for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
     pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
 
 from agent_helpers import FAST, Agent, free_port, self_signed, tiny_onnx  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from conftest import run_cli, write_fake_target  # noqa: E402
 
 from edgeprune.checks.baseline import mismatches as baseline_mismatches  # noqa: E402
 from edgeprune.errors import UsageError  # noqa: E402
@@ -228,19 +228,19 @@ def test_a_404_while_polling_resubmits_the_same_job(agent, model, monkeypatch):
     assert agent.info()["measurements"] == before + 1
 
 
-def test_serving_all_addresses_without_tls_warns(tmp_path):
+def test_serving_a_non_loopback_address_without_tls_warns(tmp_path):
+    """The warning comes before the bind. 192.0.2.1 (TEST-NET-1, RFC 5737) is assigned to no
+    host, so the bind fails and the agent exits: the test never listens beyond loopback."""
     import subprocess
     import sys
     (tmp_path / "tok").write_text("a-long-enough-token\n")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--host", "0.0.0.0",
-                             "--port", str(free_port()), "--token-file", str(tmp_path / "tok"), "--targets", "ort-cpu",
-                             "--state-dir", str(tmp_path / "state")], stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    assert "warning: serving 0.0.0.0 without TLS" in line and "--tls-cert" in line
+    proc = subprocess.run([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--host", "192.0.2.1",
+                           "--port", str(free_port()), "--token-file", str(tmp_path / "tok"), "--targets", "fake",
+                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "EDGEPRUNE_TARGETS": str(write_fake_target(tmp_path / "targets").parent)})
+    line = proc.stderr.splitlines()[0]
+    assert "warning: serving 192.0.2.1 without TLS" in line and "--tls-cert" in line
+    assert proc.returncode != 0  # could not bind: nothing served
 
 
 def test_models_over_the_upload_limit_together_are_measured_in_several_jobs(agent, tmp_path):
