@@ -256,3 +256,26 @@ def test_models_over_the_upload_limit_together_are_measured_in_several_jobs(agen
     lats = agent.target("fake").measure_many(paths)
     assert len(lats) == 3 and all(isinstance(x, Latency) and x.median_ms > 0 for x in lats)
     assert agent.info()["measurements"] - before == 3
+
+
+def test_search_and_prune_through_a_remote_board(agent, tmp_path):
+    """The pipeline's own commands on a board: `search` profiles its table through the agent and
+    `prune` runs the closed loop and the final paired measurement there (the board's fake
+    runtime: the subject is that nothing in the pipeline needs a local device)."""
+    target = agent.target_file(tmp_path / "boards", device_target="fake", name="board-fake")
+    r = run_cli(["measure", "tiny_resnet", "--target", target, "--input-size", "16", "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    budget = f"{0.8 * json.loads(r.stdout)['median_ms']:.5f}"
+    small = ["--input-size", "16", "--levels", "3", "--calibrate", "6", "--validate", "2", "--runs", "2"]
+    r = run_cli(["search", "tiny_resnet", "--target", target, *small, "--budget-ms", budget, "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    table = next((tmp_path / "profiles" / "board-fake").glob("tiny_resnet-16px.json"))
+    assert json.loads(table.read_text())["meta"]["agent_host"] == "127.0.0.1"  # keyed by the board
+    before = agent.info()["measurements"]
+    r = run_cli(["prune", "tiny_resnet", "--target", target, *small, "--budget-ms", budget, "--epochs", "0",
+                 "--baseline-epochs", "1", "--objective", "importance", "--out", tmp_path / "run", "--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["target"] == "board-fake" and report["rounds"] and report["speedup"] > 1
+    assert report["budget_verdict"]["verdict"] == "fits"
+    assert agent.info()["measurements"] > before  # the loop and the final pair ran on the board
