@@ -15,6 +15,7 @@ from edgeprune.runtime.timing import Latency
 
 if TYPE_CHECKING:
     from edgeprune.latency.table import LatencyTable
+    from edgeprune.reports.model import PruneReport
     from edgeprune.search.knapsack import SearchConfig, SearchResult
 
 
@@ -91,7 +92,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
 def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
           data: str = "digits", epochs: int = 3, finetune: bool = True, steps: int = 1,
           search: SearchConfig | None = None, objective: str = "adaptive-bn", abn=None,
-          engine: str = "torch-pruning", **session) -> dict:
+          engine: str = "torch-pruning", typed: bool = False, **session) -> dict | PruneReport:
     """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``.
 
     ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
@@ -99,7 +100,8 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond.
     ``engine`` is the library that physically removes the channels (``torch-pruning`` or
     ``nni``; ``pruning/engine.py``): the group names, the search and the channels kept are the
-    same with either."""
+    same with either. Returns the report as report.json holds it (``typed``: the PruneReport
+    itself, which the CLI's terminal table takes without a round trip through the dict)."""
     from edgeprune.pipeline import PruneJob, run_prune
     from edgeprune.search.accuracy import AbnConfig
     from edgeprune.search.knapsack import SearchConfig
@@ -107,7 +109,8 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
                    engine=engine)
-    return run_prune(job).to_json_dict()  # the report as report.json holds it (a typed PruneReport: run_prune)
+    report = run_prune(job)
+    return report if typed else report.to_json_dict()  # the dict: as report.json holds it
 
 
 def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | None = None,

@@ -137,20 +137,19 @@ def cmd_search(a) -> int:
 
 def cmd_prune(a) -> int:
     from edgeprune.api import prune
-    from edgeprune.reports.model import PruneReport
     from edgeprune.reports.report import print_summary
     out = Path(a.out)
     report = prune(a.model, out, a.budget_ms, a.target, data=a.data, epochs=a.epochs,
                    finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
-                   abn=_abn_config(a), engine=a.engine, **_session_kwargs(a))
+                   abn=_abn_config(a), engine=a.engine, typed=True, **_session_kwargs(a))
     if a.json:
         print((out / "report.json").read_text().strip())  # the report as written
     else:
-        print_summary(PruneReport.model_validate(report))
+        print_summary(report)
         print(f"report: {out / 'report.md'}  model: {out / 'model.onnx'}")
-    return 0 if report["within_budget"] else 1
+    return 0 if report.within_budget else 1
 
 
 def _abn_config(a):

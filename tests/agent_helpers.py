@@ -1,6 +1,7 @@
 """Helpers of test_agent.py and test_remote.py: a real ``edgeprune agent serve`` process on
 loopback (a free port, its JSON-lines log in a file), a tiny two-convolution ONNX model, and a
-short timing protocol. Imported only after the tests' importorskip of the HTTP libraries."""
+short timing protocol. Importing it skips the importing module (or test) when the agent's or the
+remote target's libraries are missing, with the install hint."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
-from conftest import write_fake_target
+import pytest
 
-from edgeprune.runtime import get_target
-from edgeprune.runtime.spec import TargetSpec, TimingSpec
+for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
+    pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
+
+import httpx  # noqa: E402
+from conftest import write_fake_target  # noqa: E402
+
+from edgeprune.runtime import get_target  # noqa: E402
+from edgeprune.runtime.spec import TargetSpec, TimingSpec  # noqa: E402
 
 TOKEN = "test-token-0123456789"
 FAST = TimingSpec(warmup_s=0.05, min_runs=5, min_time_s=0.08, windows=3)

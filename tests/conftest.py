@@ -108,3 +108,20 @@ class SlowerHost(_FakeTarget):
     def measure(self, onnx_path, timing=None):
         ms = super().measure(onnx_path, timing).median_ms * self.factor
         return Latency.from_samples([ms] * 5)
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory):
+    """One ``edgeprune agent serve`` (ort-cpu and fake, 1 MB uploads) shared by the agent and
+    remote tests: each module started its own. Skips where the agent's libraries are missing."""
+    from agent_helpers import Agent
+    a = Agent(tmp_path_factory.mktemp("agent"))
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory) -> Path:
+    """A tiny two-convolution ONNX file (no torch), for the agent and remote tests."""
+    from agent_helpers import tiny_onnx
+    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")

@@ -10,29 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from agent_helpers import TOKEN, Agent, tiny_onnx
+from conftest import run_cli
 
-for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
-    pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
-
-import httpx  # noqa: E402
-from agent_helpers import TOKEN, Agent, tiny_onnx  # noqa: E402
-from conftest import run_cli  # noqa: E402
-
-from edgeprune.errors import UsageError  # noqa: E402
-from edgeprune.runtime.spec import TimingSpec  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory):
-    a = Agent(tmp_path_factory.mktemp("agent"))
-    yield a
-    a.stop()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+from edgeprune.errors import UsageError
+from edgeprune.runtime.spec import TimingSpec
 
 
 def test_every_request_needs_the_token(agent):

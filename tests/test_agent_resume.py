@@ -11,20 +11,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
-    pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
-
-from agent_helpers import Agent, measure_chunks, tiny_onnx  # noqa: E402
+from agent_helpers import Agent, measure_chunks
 
 HELPERS = Path(__file__).with_name("agent_helpers.py")
 CHUNKS = 4
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
 
 
 def _wait_for(pred, timeout: float = 60, what: str = "") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,27 +60,40 @@ PROFILE = ["--input-size", "16", "--levels", "3", "--runs", "1", "--calibrate", 
            "--profiles-dir", "profs"]
 
 
+@contextmanager
+def two_boards(tmp_path: Path):
+    """Two agents (fake runtime) and a remote target file for each: (agents, target files)."""
+    from agent_helpers import Agent
+    agents = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            agents.append(Agent(tmp_path / name, targets="fake"))
+        yield agents, [a.target_file(tmp_path / "boards", "fake", f"board-{n}") for a, n in zip(agents, "ab")]
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def assert_boards_overlapped(events: dict[str, list[dict]]) -> None:
+    """The boards' measurement spans (first job_start to last job_end) overlap in time."""
+    spans = {n: (min(e["t"] for e in ev if e["event"] == "job_start"),
+                 max(e["t"] for e in ev if e["event"] == "job_end")) for n, ev in events.items()}
+    (a0, a1), (b0, b1) = spans.values()
+    assert a0 < b1 and b0 < a1, spans
+
+
 def test_profile_on_two_boards_and_a_local_target_in_one_command(tmp_path):
     import json
 
-    from agent_helpers import Agent
     from conftest import run_cli, write_fake_target
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Agent(tmp_path / "a", targets="fake"), None
-    try:
-        b = Agent(tmp_path / "b", targets="fake")
-        boards = [a.target_file(tmp_path / "boards", "fake", "board-a"),
-                  b.target_file(tmp_path / "boards", "fake", "board-b")]
+    with two_boards(tmp_path) as ((a, b), boards):
         local = write_fake_target(tmp_path / "local", "here")
         r = run_cli(["profile", "tiny_resnet", "--target", ",".join(map(str, [*boards, local])), *PROFILE],
                     cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         infos = {"board-a": a.info(), "board-b": b.info()}
         events = {"board-a": a.events(), "board-b": b.events()}
-    finally:
-        a.stop()
-        b and b.stop()
     for name in ("board-a", "board-b"):
         table = json.loads((tmp_path / "profs" / name / "tiny_resnet-16px.json").read_text())
         fp = {**infos[name]["targets"]["fake"]["fingerprint"], "agent_host": "127.0.0.1"}
@@ -88,10 +102,7 @@ def test_profile_on_two_boards_and_a_local_target_in_one_command(tmp_path):
         assert infos[name]["measurements"] > 0
         assert f"{name}: wrote " in r.stdout and f"\n{name}: profile tiny_resnet " in "\n" + r.stderr
     assert (tmp_path / "profs" / "here" / "tiny_resnet-16px.json").is_file()
-    spans = {n: (min(e["t"] for e in ev if e["event"] == "job_start"),
-                 max(e["t"] for e in ev if e["event"] == "job_end")) for n, ev in events.items()}
-    (a0, a1), (b0, b1) = spans.values()
-    assert a0 < b1 and b0 < a1, spans  # the boards were profiled at the same time
+    assert_boards_overlapped(events)  # the boards were profiled at the same time
 
 
 def test_profile_farm_refuses_one_out_for_several_targets(tmp_path):
@@ -105,27 +116,15 @@ def test_profile_farm_refuses_one_out_for_several_targets(tmp_path):
 def test_check_all_runs_two_boards_at_once_in_the_files_order(tmp_path):
     import json
 
-    from agent_helpers import Agent, tiny_onnx
+    from agent_helpers import tiny_onnx
     from conftest import run_cli
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Agent(tmp_path / "a", targets="fake"), None
-    try:
-        b = Agent(tmp_path / "b", targets="fake")
-        files = [a.target_file(tmp_path / "boards", "fake", "board-a"),
-                 b.target_file(tmp_path / "boards", "fake", "board-b")]
+    with two_boards(tmp_path) as ((a, b), files):
         tiny_onnx(tmp_path / "m.onnx")
         (tmp_path / "deploy.yaml").write_text(
             "checks:\n" + "".join(f"  - artifact: m.onnx\n    target: {f}\n" for f in [*files, *files]))
         r = run_cli(["check", "--all", "deploy.yaml", "--update", "--json"], cwd=tmp_path)
         assert r.returncode == 0, r.stdout + r.stderr
         events = {"a": a.events(), "b": b.events()}
-    finally:
-        a.stop()
-        b and b.stop()
     checks = json.loads(r.stdout)["checks"]
     assert [Path(c["target"]).stem for c in checks] == ["board-a", "board-b", "board-a", "board-b"], checks
-    spans = {n: (min(e["t"] for e in ev if e["event"] == "job_start"),
-                 max(e["t"] for e in ev if e["event"] == "job_end")) for n, ev in events.items()}
-    (a0, a1), (b0, b1) = spans.values()
-    assert a0 < b1 and b0 < a1, spans  # the boards were checked at the same time
+    assert_boards_overlapped(events)  # the boards were checked at the same time

@@ -9,30 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
+from agent_helpers import FAST, Agent, free_port, self_signed, tiny_onnx
+from conftest import run_cli, write_fake_target
 
-for _pkg in ("fastapi", "uvicorn", "multipart", "httpx", "tenacity"):
-    pytest.importorskip(_pkg, reason=f"the agent and remote target need {_pkg}: pip install 'edgeprune[remote]'")
-
-from agent_helpers import FAST, Agent, free_port, self_signed, tiny_onnx  # noqa: E402
-from conftest import run_cli, write_fake_target  # noqa: E402
-
-from edgeprune.checks.baseline import mismatches as baseline_mismatches  # noqa: E402
-from edgeprune.errors import UsageError  # noqa: E402
-from edgeprune.runtime import get_target  # noqa: E402
-from edgeprune.runtime.spec import TargetSpec, TimingSpec  # noqa: E402
-from edgeprune.runtime.timing import Alternation, Latency  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory):
-    a = Agent(tmp_path_factory.mktemp("agent"))
-    yield a
-    a.stop()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+from edgeprune.checks.baseline import mismatches as baseline_mismatches
+from edgeprune.errors import UsageError
+from edgeprune.runtime import get_target
+from edgeprune.runtime.spec import TargetSpec, TimingSpec
+from edgeprune.runtime.timing import Alternation, Latency
 
 
 def test_remote_results_are_the_local_dataclasses(agent, model):

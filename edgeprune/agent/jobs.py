@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from edgeprune.agent.protocol import (
-    AlternationModel,
     JobResult,
     JobSpec,
     JobStatus,
-    LatencyModel,
-    NodeTimeModel,
 )
 from edgeprune.errors import EdgepruneError, is_bad_input
 from edgeprune.runtime.base import Target
@@ -84,13 +81,13 @@ def measure_job(target: Target, spec: JobSpec, paths: list[Path]) -> JobResult:
     out = JobResult(kind=spec.kind, device_target=spec.device_target)
     if spec.kind in ("measure", "measure_many"):
         lats, busy = target.with_busy_share(lambda: target.measure_many(paths, spec.timing))
-        out.latencies = [LatencyModel.of(lat) for lat in lats]
+        out.latencies = list(lats)
     elif spec.kind == "measure_alternating":
         alt, busy = target.with_busy_share(lambda: target.measure_alternating(paths[0], paths[1], spec.timing))
-        out.alternation = AlternationModel.of(alt)
+        out.alternation = alt
     else:
         layers, busy = target.with_busy_share(lambda: target.layer_times(paths[0], spec.runs))
-        out.layers = [NodeTimeModel.of(t) for t in layers]
+        out.layers = list(layers)
     out.busy_share = busy
     out.seconds = round(time.perf_counter() - t0, 4)
     return out

@@ -44,55 +44,6 @@ def valid_job_id(job_id: str) -> bool:
     return bool(JOB_ID.match(job_id))
 
 
-class LatencyModel(_Strict):
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-    iqr_ms: float
-    runs: int
-    samples_ms: list[float] = []
-    window_medians_ms: list[float] = []
-
-    @classmethod
-    def of(cls, lat: Latency) -> "LatencyModel":
-        return cls(median_ms=lat.median_ms, p90_ms=lat.p90_ms, p99_ms=lat.p99_ms, mean_ms=lat.mean_ms,
-                   min_ms=lat.min_ms, iqr_ms=lat.iqr_ms, runs=lat.runs, samples_ms=list(lat.samples_ms),
-                   window_medians_ms=list(lat.window_medians_ms))
-
-    def latency(self) -> Latency:
-        return Latency(self.median_ms, self.p90_ms, self.p99_ms, self.mean_ms, self.min_ms, self.iqr_ms,
-                       self.runs, tuple(self.samples_ms), tuple(self.window_medians_ms))
-
-
-class AlternationModel(_Strict):
-    rounds_ms: list[list[tuple[float, float]]]
-    latencies: tuple[LatencyModel, LatencyModel]
-
-    @classmethod
-    def of(cls, alt: Alternation) -> "AlternationModel":
-        return cls(rounds_ms=[[tuple(r) for r in w] for w in alt.rounds_ms],
-                   latencies=(LatencyModel.of(alt.latencies[0]), LatencyModel.of(alt.latencies[1])))
-
-    def alternation(self) -> Alternation:
-        rounds = tuple(tuple((float(a), float(b)) for a, b in w) for w in self.rounds_ms)
-        return Alternation(rounds, (self.latencies[0].latency(), self.latencies[1].latency()))
-
-
-class NodeTimeModel(_Strict):
-    name: str
-    op: str
-    ms: float
-
-    @classmethod
-    def of(cls, t: NodeTime) -> "NodeTimeModel":
-        return cls(name=t.name, op=t.op, ms=t.ms)
-
-    def node_time(self) -> NodeTime:
-        return NodeTime(self.name, self.op, self.ms)
-
-
 class JobResult(_Strict):
     """A finished measurement: exactly one of ``latencies`` (measure, measure_many),
     ``alternation`` or ``layers`` is set, plus the board's busy share during it and how long it
@@ -100,9 +51,9 @@ class JobResult(_Strict):
 
     kind: Kind
     device_target: str
-    latencies: list[LatencyModel] | None = None
-    alternation: AlternationModel | None = None
-    layers: list[NodeTimeModel] | None = None
+    latencies: list[Latency] | None = None   # the dataclasses themselves: pydantic validates and
+    alternation: Alternation | None = None   # serialises them field by field, so the wire format
+    layers: list[NodeTime] | None = None     # cannot drift from what a local target returns
     busy_share: float | None = None
     seconds: float = 0.0
 

@@ -33,18 +33,25 @@ def parse_nvidia_smi(text: str) -> list[dict] | None:
     return gpus or None
 
 
-def nvidia_gpus(binary: str = "nvidia-smi") -> list[dict] | None:
-    """The NVIDIA GPUs and driver; None without ``nvidia-smi`` (a Jetson has none: its GPU is in
-    the board model), or when it fails or takes longer than ``NVIDIA_SMI_TIMEOUT_S``."""
+def tool_output(binary: str, *args: str, timeout_s: float) -> str | None:
+    """stdout of a board tool (``nvidia-smi``, ``nvpmodel``); None where it is not installed,
+    fails, or takes longer than ``timeout_s`` (the agent's /info must answer regardless)."""
     path = shutil.which(binary)
     if path is None:
         return None
     try:
-        done = subprocess.run([path, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+        done = subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return None
-    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else None
+    return done.stdout if done.returncode == 0 else None
+
+
+def nvidia_gpus(binary: str = "nvidia-smi") -> list[dict] | None:
+    """The NVIDIA GPUs and driver; None without ``nvidia-smi`` (a Jetson has none: its GPU is in
+    the board model), or when it fails or takes longer than ``NVIDIA_SMI_TIMEOUT_S``."""
+    out = tool_output(binary, "--query-gpu=name,driver_version", "--format=csv,noheader",
+                      timeout_s=NVIDIA_SMI_TIMEOUT_S)
+    return parse_nvidia_smi(out) if out is not None else None
 
 
 def hardware_info(root: Path | str = "/", smi: str = "nvidia-smi") -> dict:

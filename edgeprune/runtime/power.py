@@ -17,9 +17,9 @@ without anyone reconfiguring it, and would refuse tables for no reason there.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
+
+from edgeprune.runtime.hardware import tool_output
 
 CPUFREQ = "sys/devices/system/cpu"
 NVPMODEL_TIMEOUT_S = 2.0
@@ -90,14 +90,8 @@ def parse_nvpmodel(text: str) -> dict | None:
 def nvpmodel_mode(binary: str = "nvpmodel") -> dict | None:
     """The Jetson power mode from ``nvpmodel -q``; None where there is no ``nvpmodel`` (not a
     Jetson) or it fails or takes longer than ``NVPMODEL_TIMEOUT_S``."""
-    path = shutil.which(binary)
-    if path is None:
-        return None
-    try:
-        done = subprocess.run([path, "-q"], capture_output=True, text=True, timeout=NVPMODEL_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return parse_nvpmodel(done.stdout) if done.returncode == 0 else None
+    out = tool_output(binary, "-q", timeout_s=NVPMODEL_TIMEOUT_S)
+    return parse_nvpmodel(out) if out is not None else None
 
 
 def power_info(root: Path | str = "/", nvpmodel: str = "nvpmodel") -> dict:

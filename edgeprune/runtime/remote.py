@@ -31,7 +31,14 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgeprune.agent.protocol import FINAL, PROTOCOL, AgentInfo, JobResult, JobSpec, JobStatus
+from edgeprune.agent.protocol import (
+    FINAL,
+    PROTOCOL,
+    AgentInfo,
+    JobResult,
+    JobSpec,
+    JobStatus,
+)
 from edgeprune.errors import UsageError
 from edgeprune.runtime.base import Compiled, NodeTime, Target
 from edgeprune.runtime.hardware import compared_hardware
@@ -131,7 +138,7 @@ class RemoteTarget(Target):
         out = []
         for batch in self._batches(onnx_paths):
             kind = "measure" if len(batch) == 1 else "measure_many"
-            out += [m.latency() for m in self._job(kind, batch, timing).latencies]
+            out += self._job(kind, batch, timing).latencies
         return out
 
     def _batches(self, paths: list) -> list[list]:
@@ -149,10 +156,10 @@ class RemoteTarget(Target):
         return batches
 
     def measure_alternating(self, path_a, path_b, timing=None) -> Alternation:
-        return self._job("measure_alternating", [path_a, path_b], timing).alternation.alternation()
+        return self._job("measure_alternating", [path_a, path_b], timing).alternation
 
     def layer_times(self, onnx_path, runs: int = 10) -> list[NodeTime]:
-        return [t.node_time() for t in self._job("layer_times", [onnx_path], None, runs).layers]
+        return self._job("layer_times", [onnx_path], None, runs).layers
 
     def with_busy_share(self, run: Callable[[], T]) -> tuple[T, float | None]:
         """``run()`` and the board's busy share over the jobs it sent, weighted by their time
