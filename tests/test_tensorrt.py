@@ -23,7 +23,11 @@ from edgeprune.artifacts import kind_tensorrt as kt
 from edgeprune.artifacts.kinds import KINDS, copy_together, kind_of
 from edgeprune.errors import UsageError
 from edgeprune.latency import trtexec
-from edgeprune.latency.trtexec_files import load_layer_graph, load_metadata, load_profile
+from edgeprune.latency.trtexec_files import (
+    load_layer_graph,
+    load_metadata,
+    load_profile,
+)
 from edgeprune.runtime import RUNTIMES, target_class
 from edgeprune.runtime.spec import TargetSpec, load_spec
 from edgeprune.runtime.tensorrt import (

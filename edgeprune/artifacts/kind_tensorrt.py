@@ -323,7 +323,7 @@ def build_engine(onnx_file: Path, out: Path, settings: BuildSettings, calibratio
 
 def load(path: Path, device: int = 0):
     """(runtime, engine) of a saved engine, refused in one line when it is not this machine's."""
-    trt = import_trt()
+    import_trt()  # MissingBackend before anything is read
     check(path)
     require_cuda(device)
     check_compatible(path.name, read_sidecar(path)["engine"], here(device))

@@ -123,6 +123,7 @@ class TensorRtTarget(Target):
             raise UsageError(f"target {spec.name!r}: option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         self.index = cuda_index(spec.device, spec.name)
         kt.check_supported(spec.precision, kt.import_trt().__version__)
+        kt.require_cuda(self.index)  # no GPU: one line now, not a CUDA error at the first build
         self._engines: OrderedDict[str, bytes] = OrderedDict()
 
     @classmethod
@@ -261,7 +262,8 @@ def profile_node_times(records: list[tuple[str, float]], graph=None) -> list[Nod
     """Median time per engine layer over the profiled inferences, in execution order, each
     named by its first ONNX node (``trtexec.layer_nodes``; layers naming none, such as
     reformats, keep TensorRT's name and go to the layer before them in the table)."""
-    from edgeprune.latency import trtexec  # imported here: it loads torch, which listing targets must not
+    # imported here: it loads torch, which listing targets must not
+    from edgeprune.latency import trtexec
     info = {l.name: l for l in graph.layers} if graph is not None else {}
     times: dict[str, list[float]] = defaultdict(list)
     for name, ms in records:
