@@ -8,7 +8,8 @@ from. Loading compares the sidecar with this machine and refuses a foreign engin
 (TensorRT itself would fail to deserialize it, or crash).
 
 The build: FP32, or the FP16 / INT8 builder flags (TensorRT then picks per layer among the
-allowed precisions), a workspace limit, ``DETAILED`` profiling verbosity (layer names and their
+allowed precisions; FP32 clears TensorRT's default TF32 so that it matches PyTorch within the
+FP32 tolerance), a workspace limit, ``DETAILED`` profiling verbosity (layer names and their
 ONNX nodes for the IProfiler and the engine inspector; it changes what NVTX and the inspector
 show, not the kernels: trtexec's published profiles in tests/fixtures/tensorrt were timed on
 such engines), and a timing cache file reused across builds (a pruning profile builds dozens of
@@ -249,6 +250,8 @@ def build(onnx_file: Path, settings: BuildSettings, calibration: CalibrationFeed
     if dynamic:
         config.add_optimization_profile(profile)
     calibrator = None
+    if settings.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: FP32 means FP32 (TF32 keeps 10 mantissa bits)
     if settings.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif settings.precision == "int8":
