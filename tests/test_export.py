@@ -33,12 +33,13 @@ def test_kinds_table_describes_each_kind():
     assert KINDS["onnx"].suffix == ".onnx"
     assert KINDS["ort"].suffix == ".ort"
     assert KINDS["openvino"].suffix == ".xml" and set(KINDS["openvino"].aliases) >= {"ir", "openvino_ir"}
-    assert KINDS["tensorrt"].needs_gpu and set(KINDS["tensorrt"].aliases) >= {"trt", "engine"}
+    assert KINDS["tensorrt"].needs_gpu and set(KINDS["tensorrt"].aliases) >= {"trt", "plan"}
+    assert KINDS["tensorrt-engine"].suffix == ".engine" and "engine" in KINDS["tensorrt-engine"].aliases
 
 
 @pytest.mark.parametrize("name, expected", [
     ("onnx", "onnx"), ("ONNX", "onnx"), ("IR", "openvino"), ("openvino_ir", "openvino"),
-    ("trt", "tensorrt"), ("Engine", "tensorrt"), ("ort", "ort"),
+    ("trt", "tensorrt"), ("Engine", "tensorrt-engine"), ("trt-fp16", "tensorrt-fp16"), ("ort", "ort"),
 ])
 def test_resolve_kind_by_name_or_alias(name, expected):
     assert resolve_kind(name).name == expected
@@ -97,8 +98,12 @@ def test_existing_file_is_untouched_when_validation_fails(tmp_path, monkeypatch)
     assert leftovers(tmp_path, {"model.onnx"}) == []
 
 
-def test_unimplemented_kind_is_a_usage_error_and_writes_nothing(tmp_path):
-    with pytest.raises(UsageError, match="export kind tensorrt is not implemented yet"):
+def test_a_kind_without_its_package_is_one_install_hint_and_writes_nothing(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
+    with pytest.raises(UsageError, match=r"tensorrt is not installed for export format tensorrt; "
+                                         r"install it with: pip install 'edgeprune\[tensorrt\]'"):
         export_artifact(tiny_model(), "trt", tmp_path / "m.plan", (1, 3, 16, 16))
     assert list(tmp_path.iterdir()) == []
 

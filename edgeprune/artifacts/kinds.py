@@ -78,10 +78,10 @@ class ArtifactKind:
         *companions, main = self.files(path)
         if not main.is_file():
             raise UsageError(f"{main} {'is a directory, not an artifact file' if main.is_dir() else 'does not exist'}")
-        for c in companions:
+        for c, suffix in zip(companions, self.companions):
             if not c.is_file():
                 raise UsageError(f"{c} is missing: the {self.name} artifact {main.name} needs its "
-                                 f"{c.suffix} beside it")
+                                 f"{suffix} beside it")
 
     # --- what its module does ----------------------------------------------------------------
 
@@ -176,8 +176,8 @@ def move_together(src: str | os.PathLike, dest: str | os.PathLike, kind: Artifac
     onto ``dest`` on the same file system: companions first, the named file last, each rename
     atomic, so a reader that finds the named file finds the whole artifact."""
     kind, src, dest = kind or kind_of(src), Path(src), Path(dest)
-    for f in kind.files(src):
-        os.replace(f, dest if f == src else dest.with_suffix(f.suffix))
+    for f, d in zip(kind.files(src), kind.files(dest)):  # by the kind's suffixes: ``.plan.json`` has two dots
+        os.replace(f, d)
     return dest
 
 
@@ -190,8 +190,8 @@ def copy_together(src: str | os.PathLike, dest: str | os.PathLike, kind: Artifac
 
     kind, src, dest = kind or kind_of(src), Path(src), Path(dest)
     kind.check_files(src)
-    for f in kind.files(src):
-        with atomic_write(dest if f == src else dest.with_suffix(f.suffix)) as tmp:
+    for f, d in zip(kind.files(src), kind.files(dest)):
+        with atomic_write(d) as tmp:
             shutil.copyfile(f, tmp)
     return dest
 
@@ -223,5 +223,10 @@ register(ArtifactKind("openvino-fp16", ".xml", ("openvino_fp16", "ir-fp16", "ir_
                       "openvino", "OpenVINO IR (.xml + .bin), weights compressed to FP16 (half the size; "
                       "the device computes at its own inference precision)", (".bin",), FP16_TOLERANCE,
                       module=_IR, precision="fp16"))
-register(ArtifactKind("tensorrt", ".plan", ("trt", "engine"), True, "tensorrt", "tensorrt",
-                      "TensorRT serialized engine, built for the GPU it runs on"))
+_TRT = "edgeprune.artifacts.kind_tensorrt"  # an engine + its .json sidecar (TensorRT version, GPU, precision)
+register(ArtifactKind("tensorrt", ".plan", ("trt", "plan", "tensorrt-fp32"), True, "tensorrt", "tensorrt",
+                      "TensorRT engine (FP32), built for the GPU and TensorRT version it runs on", (".plan.json",), module=_TRT))
+register(ArtifactKind("tensorrt-fp16", ".plan", ("trt-fp16", "tensorrt_fp16"), True, "tensorrt", "tensorrt", "TensorRT "
+                      "engine with FP16 kernels allowed", (".plan.json",), FP16_TOLERANCE, module=_TRT, precision="fp16"))
+register(ArtifactKind("tensorrt-engine", ".engine", ("engine",), True, "tensorrt", "tensorrt",
+                      "TensorRT engine (FP32) under trtexec's .engine name", (".engine.json",), module=_TRT))

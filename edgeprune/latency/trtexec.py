@@ -48,6 +48,7 @@ from edgeprune.latency.table import SCHEMA_VERSION, LatencyTable, LayerEntry, Ta
 from edgeprune.latency.trtexec_files import (
     EndToEnd,
     LayerGraph,
+    LayerInfo,
     Profile,
     check_same_layers,
     end_to_end,
@@ -148,11 +149,20 @@ def map_layers(profile: Profile, graph: LayerGraph | None) -> list[TrtLayer]:
         layer = TrtLayer(row.name, row.average_ms, li.layer_type if li else "",
                          inputs=[t.name for t in li.inputs] if li else [],
                          outputs=[t.name for t in li.outputs] if li else [])
-        if layer.layer_type not in OVERHEAD_TYPES and not (li and li.origin == "QDQ"):
-            layer.nodes, hints = onnx_nodes(row.name, li.metadata if li else None)
-            layer.modules = hints + [m for m in map(module_path, layer.nodes) if m]
+        layer.nodes, hints = layer_nodes(row.name, li)
+        layer.modules = hints + [m for m in map(module_path, layer.nodes) if m]
         out.append(layer)
     return out
+
+
+def layer_nodes(name: str, info: LayerInfo | None = None) -> tuple[list[str], list[str]]:
+    """(ONNX nodes, module hints) of the engine layer ``name``, ``info`` its layer information
+    (trtexec's ``--exportLayerInfo`` or the engine inspector's JSON, the same format); none for
+    the overhead layers (reformats, no-ops, shape calls, Q/DQ reformats). The one mapping the
+    trtexec import and the tensorrt target's IProfiler path share."""
+    if info is not None and (info.layer_type in OVERHEAD_TYPES or info.origin == "QDQ"):
+        return [], []
+    return onnx_nodes(name, info.metadata if info else None)
 
 
 def assign(layers: list[TrtLayer], structure=None, module_names: set[str] | None = None) -> None:
