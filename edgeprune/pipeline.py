@@ -113,6 +113,8 @@ def run_prune(job: PruneJob) -> PruneReport:
         raise unknown("search objective", job.objective, OBJECTIVES)
     if job.budget_ms is not None:  # refused at once, not after the data and model are loaded
         budget_ms_or_raise(job.budget_ms)
+    from edgeprune.training.distributed import resolve_device
+    resolve_device(job.session.device)  # --device cuda without CUDA: refused before any work too
     with stages("setup"):
         from edgeprune.pruning.engine import get_engine
         get_engine(job.engine)  # an unknown or uninstalled engine fails before any work
@@ -149,7 +151,8 @@ def run_prune(job: PruneJob) -> PruneReport:
         with stages("finetune"):
             key = _key(result.widths, k, step_epochs, s.cfg.train_threads, s.batch_size)
             ft = finetune_pruned(current, teacher, s.data, step_epochs, threads=s.cfg.train_threads,
-                                 checkpoint=job.out / f"finetune{k}.ckpt", key=key, progress=s.cfg.progress)
+                                 checkpoint=job.out / f"finetune{k}.ckpt", key=key, progress=s.cfg.progress,
+                                 device=s.cfg.device)
             history += [{**h, "step": k} for h in (ft.to_dict()["train"] or {"history": []})["history"]]
             steps.append({"step": k, "search": result.search.to_dict(), "accuracy_pruned": ft.pruned.accuracy,
                           "accuracy_recalibrated": ft.recalibrated.accuracy, "accuracy_finetuned": ft.finetuned.accuracy,

@@ -12,9 +12,9 @@ gloo on CPU) and gives process ``LOCAL_RANK`` the GPU ``cuda:LOCAL_RANK``.
 Equal results to one process, by construction:
 - The global batch stays the configured one: each rank takes ``batch_size / world`` samples a
   step, and DDP averages the gradients, so a step's update is the mean over the same samples a
-  single process would use. The shard is a ``DistributedSampler`` seeded (``seed + epoch``)
-  exactly as the single-process loader's shuffle, so global batch k holds the same samples as a
-  single process's batch k (rank r takes every world-th of them).
+  single process would use. The shard is a ``DistributedSampler`` over the single-process
+  loader's own shuffled order for the epoch, so global batch k holds the same samples as a
+  single process's batch k (rank r takes every world-th of them; ``Dist.shard``).
 - BatchNorm stays plain BatchNorm, one set of statistics per rank over its ``batch / world``
   samples: torch's SyncBatchNorm runs on GPUs only (CPU input raises), and a CPU run must be the
   same code path as a GPU one. The per-rank statistics make a DDP run differ from a single
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from edgeprune.errors import UsageError
 
@@ -157,16 +157,25 @@ class Dist:
                   f"the global batch is {max(1, batch_size // self.world) * self.world}", file=sys.stderr)
         return max(1, batch_size // self.world)
 
-    def train_loader(self, dataset, batch_size: int, seed: int) -> DataLoader:
-        """This rank's shard of the training set, shuffled by ``seed`` like the single-process
-        loader (``DataBundle.loader``): global batch k is that loader's batch k. Only called
-        when distributed; the tail that does not fill a global batch is dropped on every rank,
-        so all ranks take the same number of steps."""
-        sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                     seed=seed, drop_last=True)
-        sampler.set_epoch(0)  # the caller's seed already carries the epoch (seed + 1000 + epoch)
-        return DataLoader(dataset, batch_size=self.per_rank_batch(batch_size), sampler=sampler,
-                          num_workers=0, drop_last=len(dataset) > batch_size)
+    def shard(self, single: DataLoader) -> DataLoader:
+        """This rank's part of each batch of ``single``, a shuffled single-process loader.
+
+        The order is ``single``'s own: the same generator state drives the same kind of loader
+        over the indices (a DataLoader draws a seed from its generator before shuffling, so a
+        plain ``randperm`` of the seed would be another order). A ``DistributedSampler`` (not
+        shuffled: the order is already the epoch's) then gives rank r every world-th sample, so
+        per-rank batch k holds exactly the samples of ``single``'s batch k split across ranks.
+        Every rank takes the same number of steps; the tail that fills no global batch is
+        dropped as ``single`` drops it."""
+        n = len(single.dataset)
+        g = torch.Generator()
+        g.set_state(single.generator.get_state())
+        indices = DataLoader(TensorDataset(torch.arange(n)), batch_size=max(1, n), shuffle=True, generator=g)
+        ordered = Subset(single.dataset, next(iter(indices))[0].tolist())
+        sampler = DistributedSampler(ordered, num_replicas=self.world, rank=self.rank, shuffle=False,
+                                     drop_last=True)
+        return DataLoader(ordered, batch_size=self.per_rank_batch(single.batch_size), sampler=sampler,
+                          num_workers=0, drop_last=single.drop_last)
 
     def _comm_device(self) -> torch.device:
         return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")

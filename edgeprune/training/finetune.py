@@ -220,10 +220,8 @@ def _evaluate(run: distributed.Dist, model, loader, num_classes: int) -> Metrics
 def _train_loader(data: DataBundle, cfg: FinetuneConfig, epoch: int, run: distributed.Dist | None = None):
     """Shuffled by (seed, epoch) so a resumed epoch sees the same batches; under torchrun this
     rank's share of each of the same global batches."""
-    seed = cfg.seed + 1000 + epoch
-    if run is not None and run.world > 1:
-        return run.train_loader(data.train, cfg.batch_size, seed)
-    return data.loader("train", cfg.batch_size, shuffle=True, seed=seed, drop_last=True)
+    single = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, drop_last=True)
+    return run.shard(single) if run is not None and run.world > 1 else single
 
 
 def _lr(cfg: FinetuneConfig, scale: float, step: int, steps_per_epoch: int) -> float:
