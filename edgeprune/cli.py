@@ -146,6 +146,8 @@ def cmd_prune(a) -> int:
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
                    abn=_abn_config(a), engine=a.engine, typed=True, **_session_kwargs(a))
+    if report is None:  # a torchrun rank other than 0: it trained beside rank 0, which reports
+        return 0
     if a.json:
         print((out / "report.json").read_text().strip())  # the report as written
     else:

@@ -32,16 +32,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(processes: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *map(str, args)]
+
+
+def worker_env() -> dict:
+    """This checkout and tests/ importable, one thread a process, no torchrun of our own."""
+    paths = [str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """OUT of one torchrun of ddp_worker.py with two CPU processes (gloo)."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(TESTS / "ddp_worker.py"), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun(2, TESTS / "ddp_worker.py", out), env=worker_env(), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -90,6 +100,23 @@ def test_only_rank_0_writes(two_ranks):
     assert list((two_ranks / "rank1").iterdir()) == []
     ck = torch.load(two_ranks / "rank0" / "bn.ckpt", weights_only=True)
     assert ck["epoch"] == 2 and all(t.device.type == "cpu" for t in ck["model"].values())
+
+
+@pytest.mark.slow
+def test_prune_under_torchrun_reports_once(tmp_path, fake_target_file):
+    """``torchrun --nproc_per_node 2 -m edgeprune prune``: rank 0 profiles, searches, measures
+    and writes; rank 1 trains the baseline and the fine-tune beside it and prints nothing."""
+    done = subprocess.run(torchrun(2, "-m", "edgeprune", "prune", "tiny_resnet", "--target", fake_target_file,
+                                   "--input-size", "16", "--budget-ms", "0.15", "--objective", "importance",
+                                   "--epochs", "1", "--baseline-epochs", "1", "--calibrate", "6", "--levels", "3",
+                                   "--train-samples", "256", "--val-samples", "128", "--test-samples", "128",
+                                   "--out", "out", "--profiles-dir", "p", "--device", "cpu", "--json"),
+                          cwd=tmp_path, env=worker_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one report: rank 1 printed nothing
+    assert report == json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["finetune"]["history"]) == 1 and (tmp_path / "out" / "run.json").exists()
+    assert (tmp_path / "out" / "baseline.pt").exists() and not list((tmp_path / "out").glob("*.tmp*"))
 
 
 # ---------------------------------------------------------------- the device choice

@@ -32,6 +32,7 @@ import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from edgeprune.errors import UsageError
 
+# How long a rank waits in a collective: in ``prune`` the other ranks wait while rank 0 profiles
+# and measures alone (pipeline_ranks), which takes far longer than torch's default 10-30 min.
+WAIT = timedelta(hours=12)
 NO_CUDA = "no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu or auto"
 
 
@@ -194,7 +198,7 @@ def init(device: str = "auto") -> Dist:
     if not torch.distributed.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=WAIT)
         atexit.register(_shutdown)
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, dev)
 
