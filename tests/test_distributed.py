@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ddp_worker import data, setup
+
 from edgeprune.errors import UsageError
 from edgeprune.training import distributed
 from edgeprune.training.finetune import train
