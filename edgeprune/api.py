@@ -109,8 +109,8 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
                    engine=engine)
-    report = run_prune(job)
-    return report if typed else report.to_json_dict()  # the dict: as report.json holds it
+    report = run_prune(job)  # None on a torchrun rank other than 0: it only trained
+    return report if typed or report is None else report.to_json_dict()  # the dict: as report.json holds it
 
 
 def export(model: str, out: str | Path, kind: str = "onnx", input_size: int | None = None,

@@ -15,6 +15,7 @@ from edgeprune.cli_args import (
     POSITIVE,
     HelpWithDefaults,
     Parser,
+    device_name,
     fraction,
     int_at_least,
     number,
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _session_kwargs(a) -> dict:
-    keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance", "landings")
+    keys = ("input_size", "weights", "table", "profiles_dir", "allow_table_mismatch", "importance", "landings",
+            "device")
     kw = {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
     if getattr(a, "levels", None) is not None:
         from edgeprune.latency.profile import ProfileConfig
@@ -144,6 +146,8 @@ def cmd_prune(a) -> int:
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
                    abn=_abn_config(a), engine=a.engine, typed=True, **_session_kwargs(a))
+    if report is None:  # a torchrun rank other than 0: it trained beside rank 0, which reports
+        return 0
     if a.json:
         print((out / "report.json").read_text().strip())  # the report as written
     else:
@@ -308,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=COUNT, default=3, help="fine-tune epochs (spread over --steps)")
     c.add_argument("--baseline-epochs", type=COUNT, default=3, help="epochs to train an untrained model first")
     c.add_argument("--no-finetune", action="store_true")
+    c.add_argument("--device", type=device_name, default="auto",
+                   help="where the baseline and fine-tune train: auto (CUDA when present, else cpu), cpu, cuda, "
+                        "cuda:N; mixed precision on CUDA. Under torchrun each process trains one DDP rank")
     c.add_argument("--steps", type=POSITIVE, default=1, help="gradual pruning: prune+fine-tune steps")
     c.add_argument("--engine", default="torch-pruning", metavar="{torch-pruning,nni}",
                    help="library that physically removes the channels: torch-pruning (default) or nni "

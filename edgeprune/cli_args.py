@@ -49,6 +49,15 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def device_name(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (whether that device exists is checked when
+    training starts, by ``training.distributed.resolve_device``: the parser never loads torch)."""
+    name = text.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
 POSITIVE, COUNT = int_at_least(1), int_at_least(0)
 
 

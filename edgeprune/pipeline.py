@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from edgeprune import __version__, manifest
+from edgeprune import __version__, manifest, pipeline_ranks
 from edgeprune.artifacts.onnxio import atomic_write, export_onnx
 from edgeprune.checks.comparison import (
     BudgetVerdict,
@@ -56,6 +56,7 @@ from edgeprune.search.loop import (
     gradual_budgets,
 )
 from edgeprune.session import Session, SessionConfig
+from edgeprune.training import distributed
 
 if TYPE_CHECKING:
     from edgeprune.artifacts.export import ExportResult
@@ -96,8 +97,9 @@ class Stages:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
 
 
-def run_prune(job: PruneJob) -> PruneReport:
-    """Run the whole job; returns the report (also written to ``job.out``/report.json)."""
+def run_prune(job: PruneJob) -> PruneReport | None:
+    """Run the whole job; returns the report (also written to ``job.out``/report.json), or None
+    on a torchrun rank other than 0 (``pipeline_ranks``)."""
     from edgeprune.artifacts.export import export_artifact
     from edgeprune.latency.profile import layer_breakdown
     from edgeprune.reports.report import write_charts, write_report
@@ -113,6 +115,9 @@ def run_prune(job: PruneJob) -> PruneReport:
         raise unknown("search objective", job.objective, OBJECTIVES)
     if job.budget_ms is not None:  # refused at once, not after the data and model are loaded
         budget_ms_or_raise(job.budget_ms)
+    run = distributed.init(job.session.device)  # --device cuda without CUDA: refused before any work too
+    if not run.is_main:  # under torchrun: rank 0 runs the job, the others train beside it
+        return pipeline_ranks.follow(job)
     with stages("setup"):
         from edgeprune.pruning.engine import get_engine
         get_engine(job.engine)  # an unknown or uninstalled engine fails before any work
@@ -148,12 +153,16 @@ def run_prune(job: PruneJob) -> PruneReport:
             current = result.model
         with stages("finetune"):
             key = _key(result.widths, k, step_epochs, s.cfg.train_threads, s.batch_size)
+            pipeline_ranks.announce(run, {"widths": result.widths, "importance": job.loop.importance,
+                                          "engine": job.loop.engine, "epochs": step_epochs, "k": k, "key": key})
             ft = finetune_pruned(current, teacher, s.data, step_epochs, threads=s.cfg.train_threads,
-                                 checkpoint=job.out / f"finetune{k}.ckpt", key=key, progress=s.cfg.progress)
+                                 checkpoint=job.out / f"finetune{k}.ckpt", key=key, progress=s.cfg.progress,
+                                 device=s.cfg.device)
             history += [{**h, "step": k} for h in (ft.to_dict()["train"] or {"history": []})["history"]]
             steps.append({"step": k, "search": result.search.to_dict(), "accuracy_pruned": ft.pruned.accuracy,
                           "accuracy_recalibrated": ft.recalibrated.accuracy, "accuracy_finetuned": ft.finetuned.accuracy,
                           **({"candidates": result.candidates} if result.candidates else {})})
+    pipeline_ranks.announce(run, None)
     with stages("export"):
         meta = {"target": s.spec.name, "budget_ms": budget, "widths": result.widths,
                 "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape)}

@@ -42,6 +42,7 @@ class SessionConfig:
     landings: bool = True              # correct the table with the loop's readings kept beside it
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train_threads: int = 1            # 2 threads on a shared 2-core box is erratic (FACTS.md)
+    device: str = "auto"              # where training runs (training.distributed.resolve_device)
     progress: bool = True
 
 
@@ -105,13 +106,15 @@ class Session:
         """Train a baseline first when the model has no trained weights (resumable)."""
         if self.trained or self.cfg.baseline_epochs <= 0 or self.data is None:
             return
+        from edgeprune.training.distributed import init
         from edgeprune.training.finetune import FinetuneConfig, train
         from edgeprune.training.models import save_weights
         ft = FinetuneConfig(epochs=self.cfg.baseline_epochs, threads=self.cfg.train_threads, lr=0.05,
                             batch_size=self.batch_size, progress=self.cfg.progress,
-                            patience=self.cfg.baseline_epochs)
+                            patience=self.cfg.baseline_epochs, device=self.cfg.device)
         train(self.model, self.data, ft, checkpoint, key=f"baseline:{self.cfg.model}:{self.cfg.input_size}")
-        save_weights(self.model, checkpoint.with_name("baseline.pt"))
+        if init(self.cfg.device).is_main:  # under torchrun rank 0 alone writes
+            save_weights(self.model, checkpoint.with_name("baseline.pt"))
         self.model.eval()
         self.trained = True
 

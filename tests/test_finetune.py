@@ -17,7 +17,8 @@ from edgeprune.training.finetune import (
 from edgeprune.training.metrics import confusion_matrix, evaluate, from_confusion
 from edgeprune.training.models import build_model
 
-FAST = dict(lr=0.05, batch_size=32, progress=False, threads=1)  # 1 thread: 10x faster on a busy 2-core box
+FAST = dict(lr=0.05, batch_size=32, progress=False, threads=1,  # 1 thread: 10x faster on a busy 2-core box
+            device="cpu")  # exact-equality checks below: CPU arithmetic is deterministic
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,25 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeprune.artifacts.onnxio import atomic_write
-from edgeprune.errors import MACHINE_ERRORS, UsageError
+from edgeprune.errors import UsageError
+from edgeprune.training import distributed
+from edgeprune.training.checkpoint import (
+    CHECKPOINT_FORMAT,  # noqa: F401 (re-exported: where it was)
+    EpochLog,
+    TrainState,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from edgeprune.training.data import DataBundle
 from edgeprune.training.metrics import Metrics, evaluate
-
-CHECKPOINT_FORMAT = 2  # 2: the recipe trains through dips (checkpoints of 1 resumed another rule)
 
 
 @dataclass
@@ -41,16 +47,8 @@ class FinetuneConfig:
     threads: int = 2
     seed: int = 0
     progress: bool = True
-
-
-@dataclass
-class EpochLog:
-    epoch: int
-    train_loss: float
-    val: dict
-    lr: float
-    seconds: float
-    rolled_back: bool
+    device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N: where training runs
+    amp: bool | None = None  # mixed precision; None: on CUDA (bf16, else fp16), off on CPU
 
 
 @dataclass
@@ -66,19 +64,6 @@ class TrainResult:
         d = asdict(self)
         d["best_val"] = self.best_val.to_dict()
         return d
-
-
-@dataclass
-class _State:
-    """Everything a checkpoint holds besides model and optimiser weights."""
-    epoch: int  # epochs completed
-    best_state: dict
-    best_val: Metrics
-    history: list[EpochLog] = field(default_factory=list)
-    lr_scale: float = 1.0
-    no_improve: int = 0
-    rollbacks: int = 0
-    stopped_early: bool = False
 
 
 def recalibrate_bn(model: nn.Module, loader, batches: int) -> None:
@@ -127,18 +112,32 @@ def train(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, checkpoint: P
     The starting weights count as a candidate, so fine-tuning never returns a model worse on
     validation than the one it was given. An epoch that lowers val accuracy is rolled back
     and the LR halved from then on.
+
+    Training runs on ``cfg.device`` (mixed precision per ``cfg.amp``); the model comes back on
+    the CPU whatever the device, so export and latency measurement need not know. Under
+    torchrun each process trains one DDP rank (``training.distributed``: same global batch,
+    same result as one process up to BatchNorm's per-rank statistics); only rank 0 writes the
+    checkpoint, every rank resumes from it and returns the same weights and result.
     """
+    run = distributed.init(cfg.device)
+    amp = distributed.precision(run.device, cfg.amp)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     was_training = model.training
     teacher_training = teacher.training if teacher is not None else False
+    teacher_device = _device(teacher) if teacher is not None else None
     try:
-        return _train(model, data, cfg, Path(checkpoint) if checkpoint else None, teacher, key)
+        model.to(run.device)
+        if teacher is not None:
+            teacher.to(run.device)
+        return _train(model, data, cfg, Path(checkpoint) if checkpoint else None, teacher, key, run, amp)
     finally:
         torch.set_num_threads(threads)
+        model.to("cpu")
         model.train(was_training)
         if teacher is not None:
+            teacher.to(teacher_device)
             teacher.train(teacher_training)
 
 
@@ -166,31 +165,37 @@ def with_teacher_logits(data: DataBundle, teacher: nn.Module, batch_size: int = 
     return replace(data, train=TensorDataset(x, y, logits))
 
 
-def _train(model, data, cfg, checkpoint, teacher, key) -> TrainResult:
-    device = _device(model)
-    if teacher is not None and len(data.train.tensors) == 2:
-        data = with_teacher_logits(data, teacher)
+def _train(model, data, cfg, checkpoint, teacher, key, run: distributed.Dist, amp) -> TrainResult:
+    run.sync_state(model)  # ranks may have built different initial weights: rank 0's count
+    if teacher is not None:
+        run.sync_state(teacher)
+        if len(data.train.tensors) == 2:
+            data = with_teacher_logits(data, teacher)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
     val_loader = data.loader("val", cfg.batch_size)
-    state = _resume(checkpoint, key, model, opt)
+    saved = run.broadcast(read_checkpoint(checkpoint, key, model) if run.is_main else None)
+    state = restore(saved, model, opt, amp.scaler) if saved else None
     resumed_from = state.epoch if state else 0
     if state is None:
-        if teacher is not None:
+        if teacher is not None:  # on every rank, on the same (unsharded) batches
             recalibrate_bn(model, _train_loader(data, cfg, -1), cfg.bn_recalibration_batches)
-        state = _State(0, _clone(model.state_dict()), evaluate(model, val_loader, data.num_classes))
+            run.sync_state(model)
+        state = TrainState(0, _clone(model.state_dict()), _evaluate(run, model, val_loader, data.num_classes))
     if teacher is not None:
         teacher.eval()  # frozen: its logits are computed under no_grad
-    with _progress(cfg) as bar:
+    net = run.wrap(model)
+    with _progress(cfg, run.is_main) as bar:
         while state.epoch < cfg.epochs and not state.stopped_early:
             epoch = state.epoch
             torch.manual_seed(cfg.seed + epoch)  # dropout & friends: same draws when resumed
-            loader = _train_loader(data, cfg, epoch)
+            loader = _train_loader(data, cfg, epoch, run)
             start = time.perf_counter()
             lr0 = _lr(cfg, state.lr_scale, epoch * len(loader), len(loader))
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) if bar else None
-            loss = _run_epoch(model, loader, opt, cfg, state, teacher, device, (bar, task))
-            val = evaluate(model, val_loader, data.num_classes)
+            loss = _run_epoch(net, loader, opt, cfg, state, teacher, (run, amp), (bar, task))
+            run.sync_state(model)  # BN statistics: rank 0's, so every rank keeps the same weights
+            val = _evaluate(run, model, val_loader, data.num_classes)
             if bar:
                 bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} "
                                              f"val {val.accuracy:.1%}")
@@ -198,17 +203,25 @@ def _train(model, data, cfg, checkpoint, teacher, key) -> TrainResult:
             state.history.append(EpochLog(epoch + 1, loss, val.to_dict(), lr0,
                                           time.perf_counter() - start, rolled))
             state.epoch += 1
-            if checkpoint is not None:
-                _save_checkpoint(checkpoint, key, model, opt, state, cfg)
+            if checkpoint is not None and run.is_main:
+                save_checkpoint(checkpoint, key, model, opt, state, asdict(cfg), amp.scaler)
     model.load_state_dict(state.best_state)
+    run.barrier()  # the checkpoint is written before any rank goes on
     return TrainResult(state.best_val, state.history, len(state.history), state.stopped_early,
                        resumed_from, state.rollbacks)
 
 
-def _train_loader(data: DataBundle, cfg: FinetuneConfig, epoch: int):
-    """Shuffled by (seed, epoch) so a resumed epoch sees the same batches."""
-    return data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch,
-                       drop_last=True)
+def _evaluate(run: distributed.Dist, model, loader, num_classes: int) -> Metrics:
+    """Validation metrics computed on rank 0 and given to every rank, so that every rank takes
+    the same accept / roll-back / stop decision (a lone decision would hang the others)."""
+    return run.broadcast(evaluate(model, loader, num_classes) if run.is_main else None)
+
+
+def _train_loader(data: DataBundle, cfg: FinetuneConfig, epoch: int, run: distributed.Dist | None = None):
+    """Shuffled by (seed, epoch) so a resumed epoch sees the same batches; under torchrun this
+    rank's share of each of the same global batches."""
+    single = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, drop_last=True)
+    return run.shard(single) if run is not None and run.world > 1 else single
 
 
 def _lr(cfg: FinetuneConfig, scale: float, step: int, steps_per_epoch: int) -> float:
@@ -216,42 +229,50 @@ def _lr(cfg: FinetuneConfig, scale: float, step: int, steps_per_epoch: int) -> f
     return cfg.lr * scale * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def _run_epoch(model, loader, opt, cfg, state, teacher, device, progress) -> float:
-    """One pass over the training set; returns the mean loss (stops early on a NaN/inf loss)."""
-    model.train()
+def _run_epoch(net, loader, opt, cfg, state, teacher, where, progress) -> float:
+    """One pass over the training set; returns the mean loss over all ranks (stops early, on
+    every rank at once, on a NaN/inf loss)."""
+    run, amp = where
+    device = run.device
+    net.train()
     bar, task = progress
     total, count = 0.0, 0
     for step, batch in enumerate(loader):
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, state.lr_scale, state.epoch * len(loader) + step, len(loader))
         x, y = batch[0].to(device), batch[1].to(device)
-        logits = model(x)
-        if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
-            if len(batch) > 2:  # cached (with_teacher_logits)
-                t_logits = batch[2].to(device)
-            else:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-            if t_logits.shape != logits.shape:
-                raise UsageError(f"teacher outputs {list(t_logits.shape)}, student {list(logits.shape)}")
-            loss = distillation_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature)
+        with amp.autocast():
+            logits = net(x)
+            loss = _loss(logits, y, batch, x, teacher, cfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.item() * len(y)
-        count += len(y)
+        amp.step(loss, opt)
+        part, n = run.sum(loss.item() * len(y), len(y))
+        total += part
+        count += int(n)
         if bar:
             last = state.history[-1].val["accuracy"] if state.history else state.best_val.accuracy
             bar.update(task, advance=1, description=(
                 f"epoch {state.epoch + 1}/{cfg.epochs} loss {total / count:.4f} val {last:.1%}"))
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(part):
             break  # diverged: the roll-back restores the best weights
     return total / count if count else float("nan")
 
 
-def _accept_or_roll_back(model, opt, val: Metrics, state: _State, cfg: FinetuneConfig) -> bool:
+def _loss(logits, y, batch, x, teacher, cfg: FinetuneConfig) -> torch.Tensor:
+    """Cross-entropy, or distillation from the teacher's (cached, else computed) logits."""
+    if teacher is None:
+        return F.cross_entropy(logits, y)
+    if len(batch) > 2:  # cached (with_teacher_logits)
+        t_logits = batch[2].to(logits.device)
+    else:
+        with torch.no_grad():
+            t_logits = teacher(x)
+    if t_logits.shape != logits.shape:
+        raise UsageError(f"teacher outputs {list(t_logits.shape)}, student {list(logits.shape)}")
+    return distillation_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature)
+
+
+def _accept_or_roll_back(model, opt, val: Metrics, state: TrainState, cfg: FinetuneConfig) -> bool:
     """Keep a better epoch as the best; undo a collapsed one (and halve the LR). Returns True
     on roll-back.
 
@@ -273,57 +294,9 @@ def _accept_or_roll_back(model, opt, val: Metrics, state: _State, cfg: FinetuneC
     return rolled
 
 
-def _save_checkpoint(path: Path, key: str, model, opt, state: _State, cfg: FinetuneConfig) -> None:
-    """Only tensors and primitives, so it loads with ``weights_only=True``; written atomically."""
-    payload = {
-        "format": CHECKPOINT_FORMAT, "key": key, "epoch": state.epoch,
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "best_state": state.best_state, "best_val": state.best_val.to_dict(),
-        "history": [asdict(h) for h in state.history], "lr_scale": state.lr_scale,
-        "no_improve": state.no_improve, "rollbacks": state.rollbacks,
-        "stopped_early": state.stopped_early, "config": asdict(cfg),
-    }
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _resume(path: Path | None, key: str, model: nn.Module, opt) -> _State | None:
-    """The saved state when ``path`` holds a readable checkpoint for ``key`` and this model."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt file raises any type from the unpickler
-        if isinstance(e, MACHINE_ERRORS):
-            raise
-        return _fresh(path, f"it is unreadable ({type(e).__name__})")
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        return _fresh(path, "it is not an edgeprune fine-tune checkpoint")
-    if ck.get("key") != key:
-        return _fresh(path, "it belongs to another job (other widths, epochs or data)")
-    if not (_same_shapes(model, ck["model"]) and _same_shapes(model, ck["best_state"])):
-        return _fresh(path, "its model has other shapes")  # never load half a state
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    history = [EpochLog(**h) for h in ck["history"]]
-    return _State(ck["epoch"], ck["best_state"], Metrics(**ck["best_val"]), history,
-                  ck["lr_scale"], ck["no_improve"], ck["rollbacks"], ck["stopped_early"])
-
-
-def _fresh(path: Path, why: str) -> None:
-    """Say that a checkpoint is not resumed, and why (it is overwritten as training goes)."""
-    print(f"edgeprune: not resuming from {path}: {why}; training starts afresh", file=sys.stderr)
-    return None
-
-
-def _same_shapes(model: nn.Module, state: dict) -> bool:
-    own = model.state_dict()
-    return isinstance(state, dict) and own.keys() == state.keys() and all(
-        tuple(own[k].shape) == tuple(state[k].shape) for k in own)
-
-
 def _clone(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
+    """A copy on the CPU: the best weights take no GPU memory, and are saved as they are."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -334,8 +307,8 @@ def _device(model: nn.Module) -> torch.device:
 class _progress:
     """A rich progress display on an interactive stderr, else a no-op (None)."""
 
-    def __init__(self, cfg: FinetuneConfig):
-        self.enabled = cfg.progress and sys.stderr.isatty()
+    def __init__(self, cfg: FinetuneConfig, main: bool = True):
+        self.enabled = cfg.progress and main and sys.stderr.isatty()
         self.bar = None
 
     def __enter__(self):
@@ -367,12 +340,14 @@ def default_batch_size(train_samples: int) -> int:
     return int(min(128, max(32, train_samples // 50)))
 
 
-def recipe(data: DataBundle, epochs: int, seed: int = 0, threads: int = 1, progress: bool = False) -> FinetuneConfig:
+def recipe(data: DataBundle, epochs: int, seed: int = 0, threads: int = 1, progress: bool = False,
+           device: str = "auto") -> FinetuneConfig:
     """The fine-tune configuration ``edgeprune prune`` uses for ``data``: distillation (alpha 0.7,
     T 4) from cached teacher logits, SGD + cosine from lr 0.01 over all ``epochs``, BN
     re-estimated first, collapsed epochs rolled back, the best epoch (or the start) kept."""
     return FinetuneConfig(epochs=epochs, threads=threads, batch_size=default_batch_size(len(data.train)),
-                          seed=seed, progress=progress, patience=max(2, epochs))  # the cosine schedule runs out
+                          seed=seed, progress=progress, patience=max(2, epochs),  # the cosine schedule runs out
+                          device=device)
 
 
 @dataclass
@@ -392,19 +367,25 @@ class FinetuneOutcome:
 
 def finetune_pruned(model: nn.Module, teacher: nn.Module, data: DataBundle, epochs: int = 3, seed: int = 0,
                     threads: int = 1, checkpoint: Path | None = None, key: str = "", split: str = "test",
-                    progress: bool = False) -> FinetuneOutcome:
+                    progress: bool = False, device: str = "auto") -> FinetuneOutcome:
     """Fine-tune ``model`` in place with the pipeline's recipe, distilled from ``teacher``.
 
     The one function a comparison needs to give every pruned model the same treatment. With
     ``epochs=0`` the model only gets its BN statistics re-estimated (pruning leaves them
-    describing channels that are gone). Accuracies are measured on ``split``."""
-    cfg = recipe(data, epochs, seed, threads, progress)
+    describing channels that are gone). Accuracies are measured on ``split``, on ``device``;
+    the model comes back on the CPU."""
+    cfg = recipe(data, epochs, seed, threads, progress, device)
     loader = data.loader(split, cfg.batch_size)
-    pruned = evaluate(model, loader, data.num_classes)
-    # the same batches train() re-estimates BN on first: doing it here too changes nothing
-    recalibrate_bn(model, _train_loader(data, cfg, -1), cfg.bn_recalibration_batches)
-    recal = evaluate(model, loader, data.num_classes)
-    if epochs <= 0:
-        return FinetuneOutcome(pruned, recal, recal, None)
-    result = train(model, data, cfg, checkpoint, teacher=teacher, key=key)
-    return FinetuneOutcome(pruned, recal, evaluate(model, loader, data.num_classes), result)
+    on = distributed.init(device).device
+    try:
+        model.to(on)
+        pruned = evaluate(model, loader, data.num_classes)
+        # the same batches train() re-estimates BN on first: doing it here too changes nothing
+        recalibrate_bn(model, _train_loader(data, cfg, -1), cfg.bn_recalibration_batches)
+        recal = evaluate(model, loader, data.num_classes)
+        if epochs <= 0:
+            return FinetuneOutcome(pruned, recal, recal, None)
+        result = train(model, data, cfg, checkpoint, teacher=teacher, key=key)
+        return FinetuneOutcome(pruned, recal, evaluate(model.to(on), loader, data.num_classes), result)
+    finally:
+        model.to("cpu")
