@@ -223,5 +223,13 @@ register(ArtifactKind("openvino-fp16", ".xml", ("openvino_fp16", "ir-fp16", "ir_
                       "openvino", "OpenVINO IR (.xml + .bin), weights compressed to FP16 (half the size; "
                       "the device computes at its own inference precision)", (".bin",), FP16_TOLERANCE,
                       module=_IR, precision="fp16"))
+_PT2 = "edgeprune.artifacts.kind_pt2"
+register(ArtifactKind("pt2", ".pt2", ("aoti", "aotinductor", "pt2-cpu", "pt2_cpu"), False, "torch", None,
+                      "AOTInductor package (.pt2 + metadata .json) compiled for the CPU, run with "
+                      "torch._inductor.aoti_load_package", (".json",), module=_PT2))
+register(ArtifactKind("pt2-cuda", ".pt2", ("aoti-cuda", "pt2_cuda", "aotinductor-cuda"), True, "torch", None,
+                      "AOTInductor package (.pt2 + metadata .json) compiled for an NVIDIA GPU; checked at FP16 "
+                      "tolerance because cuDNN runs FP32 convolutions in TF32 by default",
+                      (".json",), FP16_TOLERANCE, module=_PT2))
 register(ArtifactKind("tensorrt", ".plan", ("trt", "engine"), True, "tensorrt", "tensorrt",
                       "TensorRT serialized engine, built for the GPU it runs on"))

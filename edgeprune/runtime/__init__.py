@@ -16,6 +16,7 @@ RUNTIMES: dict[str, str] = {
     "openvino": "edgeprune.runtime.openvino:OpenVinoTarget",
     "fake": "edgeprune.runtime.fake:FakeTarget",
     "remote": "edgeprune.runtime.remote:RemoteTarget",
+    "torch": "edgeprune.runtime.torch_aoti:TorchTarget",
 }
 
 
