@@ -32,6 +32,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import signal
 import statistics
 import sys
@@ -219,7 +220,8 @@ def main(argv=None) -> int:
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.train_images = args.train_images or (64 if args.quick or not cuda else 2048)
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-                    "cuda": torch.version.cuda, "stage_s": {}}
+                    "cuda": torch.version.cuda, "host_cores": os.cpu_count(),
+                    "host_load_1min_at_start": round(os.getloadavg()[0], 2), "stage_s": {}}
     t_end = time.time() + args.budget_s
     share = {"latency": 0.3, "aoti": 0.2, "finetune": 0.15}  # of the whole bound, per stage
     keep: dict = {}
@@ -230,10 +232,13 @@ def main(argv=None) -> int:
                 run_stage(report, f"latency_b{b}", min(share["latency"] * args.budget_s, t_end - time.time()),
                           lambda b=b: latency_study(args, b, work, keep), args.out)
             if args.aoti:
-                run_stage(report, "aoti_b1", min(share["aoti"] * args.budget_s, t_end - time.time()),
+                # what the latency stages left, less the fine-tune's share (compiling takes what it gets)
+                left = t_end - time.time() - (share["finetune"] * args.budget_s if args.only is None else 0)
+                run_stage(report, "aoti_b1", max(min(share["aoti"] * args.budget_s, t_end - time.time()), left),
                           lambda: aoti_pair(args, keep), args.out)
         if args.only in (None, "finetune"):
-            run_stage(report, "finetune", min(share["finetune"] * args.budget_s, t_end - time.time()),
+            bound = t_end - time.time() if args.only == "finetune" else share["finetune"] * args.budget_s
+            run_stage(report, "finetune", min(bound, t_end - time.time()),
                       lambda: finetune_epoch(args, keep), args.out)
     failed = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
     print(f"gpu_check: {len(report['stage_s'])} stages in {sum(report['stage_s'].values()):.0f} s"

@@ -128,6 +128,7 @@ class TorchTarget(Target):
         if self.index is not None:
             import torch
             torch.backends.cudnn.benchmark = True  # the fastest convolution algorithm, as deployed
+            torch.cuda.set_device(self.index)  # CUDA events record on the current device's stream
         self._packages: dict[str, Path] = {}
         self._work: tempfile.TemporaryDirectory | None = None
 
