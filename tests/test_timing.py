@@ -279,3 +279,18 @@ def test_claim_waits_for_busy_cpus_holding_none(tmp_path, monkeypatch):
         assert got == [3, 7] and cpus._held == {3: 1, 7: 1}
     assert cpus._held == {} and waited > 0.3  # it waited for the holder to exit
     holder.wait()
+
+
+def test_a_run_that_times_itself_is_measured_by_its_own_figure():
+    """A GPU run returns the CUDA-event time of its kernels (DeviceTime): the protocol keeps that
+    figure, not the host clock around the launch and the synchronize."""
+    from edgeprune.runtime.timing import DeviceTime, measure_alternating
+    spec = TimingSpec(warmup_s=0, min_runs=5, min_time_s=0, windows=2)
+
+    def run():
+        time.sleep(0.001)  # the host waits about 1 ms; the device says 0.25 ms
+        return DeviceTime(0.25)
+    lat = measure(run, spec)
+    assert lat.median_ms == 0.25 and set(lat.samples_ms) == {0.25}
+    alt = measure_alternating(run, lambda: DeviceTime(0.5), spec, block_s=0.001)
+    assert alt.latencies[0].median_ms == 0.25 and alt.latencies[1].median_ms == 0.5

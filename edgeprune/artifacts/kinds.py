@@ -230,3 +230,11 @@ register(ArtifactKind("tensorrt-fp16", ".plan", ("trt-fp16", "tensorrt_fp16"), T
                       "engine with FP16 kernels allowed", (".plan.json",), FP16_TOLERANCE, module=_TRT, precision="fp16"))
 register(ArtifactKind("tensorrt-engine", ".engine", ("engine",), True, "tensorrt", "tensorrt",
                       "TensorRT engine (FP32) under trtexec's .engine name", (".engine.json",), module=_TRT))
+_PT2 = "edgeprune.artifacts.kind_pt2"
+register(ArtifactKind("pt2", ".pt2", ("aoti", "aotinductor", "pt2-cpu", "pt2_cpu"), False, "torch", None,
+                      "AOTInductor package (.pt2 + metadata .json) compiled for the CPU, run with "
+                      "torch._inductor.aoti_load_package", (".json",), module=_PT2))
+register(ArtifactKind("pt2-cuda", ".pt2", ("aoti-cuda", "pt2_cuda", "aotinductor-cuda"), True, "torch", None,
+                      "AOTInductor package (.pt2 + metadata .json) compiled for an NVIDIA GPU; checked at FP16 "
+                      "tolerance because cuDNN runs FP32 convolutions in TF32 by default",
+                      (".json",), FP16_TOLERANCE, module=_PT2))

@@ -17,6 +17,7 @@ RUNTIMES: dict[str, str] = {
     "fake": "edgeprune.runtime.fake:FakeTarget",
     "remote": "edgeprune.runtime.remote:RemoteTarget",
     "tensorrt": "edgeprune.runtime.tensorrt:TensorRtTarget",
+    "torch": "edgeprune.runtime.torch_aoti:TorchTarget",
 }
 
 
