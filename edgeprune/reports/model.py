@@ -80,7 +80,7 @@ class TableError(_Part):
 
 
 class ErrorAtPicks(_Part):
-    """The table's error at the widths the search picked (``pipeline.error_at_picks``)."""
+    """The table's error at the widths the search picked (``reports.build.error_at_picks``)."""
 
     n: int | None = None
     errors: list[float] | None = None         # predicted / measured - 1, per round
@@ -90,7 +90,7 @@ class ErrorAtPicks(_Part):
 
 
 class Landings(_Part):
-    """This host's loop readings that correct the table (``pipeline.landings_summary``)."""
+    """This host's loop readings that correct the table (``reports.build.landings_summary``)."""
 
     used: bool | None = None
     path: str | None = None
@@ -148,7 +148,7 @@ class ArtifactPart(_Part):
 
 
 class SearchSummary(_Part):
-    """What chose the widths (``pipeline.search_summary``); the ``*_proxy_accuracy`` references
+    """What chose the widths (``reports.build.search_summary``); the ``*_proxy_accuracy`` references
     are there only when the accuracy search scored that reference at the settled budget."""
 
     objective: str | None = None
