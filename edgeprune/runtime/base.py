@@ -23,6 +23,7 @@ from edgeprune.runtime.timing import (
 )
 
 T = TypeVar("T")
+M = TypeVar("M")
 MIN_GUARDED_S = 0.25  # shorter measurements (fake targets) are too short to judge contention
 MAX_BUSY_SHARE = 0.05  # a measurement whose device was busy with other work more than this share
 #                        of its time is "disturbed": a failure read then proves nothing
@@ -66,6 +67,18 @@ class Target(ABC):
 
     def __init__(self, spec: TargetSpec):
         self.spec = spec
+
+    def options_as(self, model: type[M]) -> M:
+        """The target file's ``options:`` block validated by the runtime's own pydantic
+        ``model``; a wrong key or value is one UsageError line naming the target and option."""
+        from pydantic import ValidationError
+
+        from edgeprune.errors import UsageError
+        try:
+            return model.model_validate(self.spec.options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UsageError(f"target {self.spec.name!r}: option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
     @classmethod
     def installed(cls) -> bool:

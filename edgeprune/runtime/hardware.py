@@ -13,6 +13,21 @@ from pathlib import Path
 NVIDIA_SMI_TIMEOUT_S = 3.0
 
 
+def cuda_index(device: str, what: str = "device", cpu: bool = False) -> int | None:
+    """The GPU index a device name means: ``cuda``/``gpu`` -> 0, ``cuda:N``/``gpu:N`` -> N, and
+    ``cpu`` -> None where ``cpu`` is allowed; anything else is one UsageError line naming ``what``
+    (the target or flag). The one parser of device names for every GPU runtime and for training,
+    so a name means the same thing everywhere."""
+    from edgeprune.errors import UsageError
+    d = (device or "").strip().lower()
+    if cpu and d == "cpu":
+        return None
+    head, colon, index = d.partition(":")
+    if head in ("cuda", "gpu") and (index.isdigit() or not colon):
+        return int(index or 0)
+    raise UsageError(f"{what} must be {'cpu, ' if cpu else ''}cuda or cuda:N, got {device!r}")
+
+
 def board_model(root: Path | str = "/") -> str | None:
     """The device tree's model string (NUL-terminated in the file), None where there is none."""
     try:

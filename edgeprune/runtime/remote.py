@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeprune.agent.protocol import (
     FINAL,
@@ -95,11 +95,7 @@ class RemoteTarget(Target):
 
     def __init__(self, spec):
         super().__init__(spec)
-        try:
-            self.options = RemoteOptions.model_validate(spec.options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise UsageError(f"target {spec.name!r}: option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        self.options = self.options_as(RemoteOptions)
         self.url = self.options.url
         self.token = _read_token(self.options.token_file, spec.name)
         self._info: AgentInfo | None = None

@@ -34,9 +34,10 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeprune.errors import UsageError
+from edgeprune.runtime import hardware
 from edgeprune.runtime.base import Compiled, NodeTime, Target, example_input
 
 ENGINE_MODULE = "edgeprune.artifacts.kind_tensorrt"
@@ -116,11 +117,7 @@ class TensorRtTarget(Target):
     def __init__(self, spec):
         super().__init__(spec)
         from edgeprune.artifacts import kind_tensorrt as kt
-        try:
-            self.options = TensorRtOptions.model_validate(spec.options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise UsageError(f"target {spec.name!r}: option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        self.options = self.options_as(TensorRtOptions)
         self.index = cuda_index(spec.device, spec.name)
         kt.check_supported(spec.precision, kt.import_trt().__version__)
         kt.require_cuda(self.index)  # no GPU: one line now, not a CUDA error at the first build
@@ -237,13 +234,7 @@ def make_profiler(trt):
 
 def cuda_index(device: str, target: str = "") -> int:
     """``cuda``/``gpu`` -> 0, ``cuda:N`` -> N; anything else is a UsageError naming the target."""
-    d = device.strip().lower()
-    if d in ("cuda", "gpu"):
-        return 0
-    head, _, index = d.partition(":")
-    if head in ("cuda", "gpu") and index.isdigit():
-        return int(index)
-    raise UsageError(f"target {target!r}: tensorrt device must be cuda or cuda:N, got {device!r}")
+    return hardware.cuda_index(device, f"target {target!r}: tensorrt device")
 
 
 def parse_layer_info(text: str):

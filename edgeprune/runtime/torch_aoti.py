@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, UsageError, unknown
+from edgeprune.runtime import hardware
 from edgeprune.runtime.base import Compiled, NodeTime, Target, example_input
 from edgeprune.runtime.cpus import pinned
 from edgeprune.runtime.hardware import tool_output
@@ -52,13 +53,7 @@ GPU_QUERY = ("name", "driver_version", "clocks.applications.graphics", "clocks.a
 
 def cuda_index(device: str) -> int | None:
     """None for ``cpu``; the GPU's index for ``cuda`` (0) or ``cuda:N``; else a UsageError."""
-    d = device.strip().lower()
-    if d == "cpu":
-        return None
-    head, _, index = d.partition(":")
-    if head == "cuda" and (not index or index.isdigit()):
-        return int(index or 0)
-    raise UsageError(f"torch device must be cpu, cuda or cuda:N, got {device!r}")
+    return hardware.cuda_index(device, "torch device", cpu=True)
 
 
 @contextmanager
