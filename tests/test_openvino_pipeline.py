@@ -10,7 +10,7 @@ from conftest import run_cli
 
 pytest.importorskip("openvino", reason="the openvino package is not installed (pip install 'edgeprune[openvino]')")
 
-pytestmark = [pytest.mark.slow, pytest.mark.openvino]
+pytestmark = [pytest.mark.slow, pytest.mark.openvino, pytest.mark.latency]
 
 TARGET = "openvino-cpu"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.latency]
 
 
 @pytest.fixture(scope="module")
