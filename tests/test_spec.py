@@ -198,6 +198,12 @@ def test_a_wheel_install_measures_and_prunes_on_a_built_in_target_from_any_direc
               "--epochs", "1", "--baseline-epochs", "1", "--candidates", "4", "--refine", "2", "--out", "run", "--json",
               "--levels", "3", "--calibrate", "8", "--validate", "2")  # a small table: this tests the install
     assert r.returncode in (0, 1), r.stderr  # 1: a 2-core host too busy to show the fit; never a crash
-    report = json.loads(r.stdout)
-    assert report["target"] == "ort-cpu" and report["widths"] and (wheel.cwd / "run" / "run.json").exists()
+    assert "Traceback" not in r.stderr
+    if r.returncode == 1 and not r.stdout.strip():
+        # the budget is 0.8x one reading: beside another test process (the suite runs in parallel)
+        # the loop can find no fit, which is said in one line (BudgetNotMet), with no report
+        assert "rounds the best model measures" in r.stderr
+    else:
+        report = json.loads(r.stdout)
+        assert report["target"] == "ort-cpu" and report["widths"] and (wheel.cwd / "run" / "run.json").exists()
     assert (wheel.cwd / "profiles" / "ort-cpu").is_dir()  # the table went to the user's directory
