@@ -350,3 +350,14 @@ def test_checking_an_artifact_never_loads_torch(tmp_path):
             "edgeprune.runtime.ort; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"
+
+
+def test_listing_targets_never_loads_torch(tmp_path):
+    """`edgeprune targets` asks every runtime whether its device is here; the GPU runtimes
+    (torch, TensorRT) answer from the GPU list (nvidia-smi, the board model), not by importing
+    torch, which cost the command 3.6 s of its 7.7 s."""
+    code = ("import sys, contextlib, io\nfrom edgeprune.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): code = main(['targets'])\n"
+            "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "0 False"

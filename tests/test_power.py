@@ -115,3 +115,16 @@ def test_board_model_and_gpus_are_read_and_compared(tmp_path, monkeypatch):
     assert hardware.compared_hardware({"board_model": "Orin", "gpus": gpus}) == {
         "board_model": "Orin", "gpus": ["NVIDIA H200", "NVIDIA RTX A2000"]}
     assert hardware.compared_hardware({}) == {"board_model": None, "gpus": None}
+
+
+def test_gpus_are_counted_without_torch(tmp_path):
+    """What `edgeprune targets` says of a GPU target: nvidia-smi's list (a real executable here),
+    or one integrated GPU on a Jetson, whose nvidia-smi lists none; none on a plain host."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 580.65.06\\nNVIDIA H200, 580.65.06\\n'\n")
+    smi.chmod(0o755)
+    assert hardware.gpu_count(tmp_path / "no-board", str(smi)) == 2
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    assert hardware.gpu_count(tmp_path, str(tmp_path / "absent-smi")) == 1
+    assert hardware.gpu_count(tmp_path / "no-board", str(tmp_path / "absent-smi")) == 0

@@ -69,6 +69,16 @@ def nvidia_gpus(binary: str = "nvidia-smi") -> list[dict] | None:
     return parse_nvidia_smi(out) if out is not None else None
 
 
+def gpu_count(root: Path | str = "/", smi: str = "nvidia-smi") -> int:
+    """NVIDIA GPUs on this host without importing torch or a GPU runtime (``edgeprune targets``
+    asks every target whether its device is here, and torch costs seconds to import): those
+    ``nvidia-smi`` lists, or one on a Jetson, whose integrated GPU it does not list."""
+    gpus = nvidia_gpus(smi)
+    if gpus:
+        return len(gpus)
+    return 1 if "jetson" in (board_model(root) or "").lower() else 0
+
+
 def hardware_info(root: Path | str = "/", smi: str = "nvidia-smi") -> dict:
     """For the agent's ``/info`` (read once: hardware does not change while it runs)."""
     return {"board_model": board_model(root), "gpus": nvidia_gpus(smi)}

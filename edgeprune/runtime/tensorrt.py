@@ -127,9 +127,8 @@ class TensorRtTarget(Target):
     def device_present(cls, spec) -> bool | None:
         if not cls.installed():
             return None
-        import torch
         try:
-            return torch.cuda.is_available() and torch.cuda.device_count() > cuda_index(spec.device, spec.name)
+            return cuda_index(spec.device, spec.name) < hardware.gpu_count()
         except UsageError:
             return False
 

@@ -135,10 +135,7 @@ class TorchTarget(Target):
             index = cuda_index(spec.device)
         except UsageError:
             return False
-        if index is None:
-            return True
-        import torch
-        return torch.cuda.is_available() and index < torch.cuda.device_count()
+        return True if index is None else index < hardware.gpu_count()
 
     @property
     def device(self) -> str:
