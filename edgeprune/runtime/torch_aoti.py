@@ -10,7 +10,7 @@ profiler, the closed loop and ``check`` need nothing torch-specific. Target opti
                cost per kernel (CUDA default); builds in well under a second
     aoti       the AOTInductor package (``torch.export`` + ``aoti_compile_and_package``, the
                ``pt2``/``pt2-cuda`` artifact this target deploys): fused kernels, but each
-               model compiles for 30-60 s, too slow for a profile's dozens of configurations;
+               model compiles for about 35 s (BENCHMARKS), too slow for a profile's dozens of configurations;
                use it to measure a final model or a deployed package (``check``)
 
 Timing: the shared protocol (``runtime.timing``); on a GPU each run is timed by CUDA events
