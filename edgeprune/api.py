@@ -85,7 +85,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     if objective == "importance":
         return _search(table, s.scores(), budget_ms, cfg)
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
-    scorer = AdaptiveBN(s.model, s.input_shape, s.data, s.cfg.importance, abn or AbnConfig())
+    scorer = AdaptiveBN(s.model, s.input_shape, s.data, s.cfg.importance, abn or AbnConfig(), s.scoring_device())
     return ShapePlanner(table, scorer, cfg, s.scores())(budget_ms)
 
 

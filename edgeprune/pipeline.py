@@ -204,7 +204,8 @@ def make_planner(s, job: PruneJob, model, table, cfg: SearchConfig):
     if job.objective == "importance" or s.data is None:
         return scores
     from edgeprune.search.accuracy import AdaptiveBN, ShapePlanner
-    return ShapePlanner(table, AdaptiveBN(model, s.input_shape, s.data, job.loop.importance, job.abn), cfg, scores)
+    scorer = AdaptiveBN(model, s.input_shape, s.data, job.loop.importance, job.abn, s.scoring_device())
+    return ShapePlanner(table, scorer, cfg, scores)
 
 
 def split_epochs(total: int, steps: int) -> list[int]:

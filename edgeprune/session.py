@@ -102,6 +102,12 @@ class Session:
             self._structure = analyse(self.model, self.input_shape)
         return self._structure
 
+    def scoring_device(self):
+        """Where the accuracy search scores its candidates: the training device (``--device``),
+        so a GPU host scores on its GPU, as it trains there."""
+        from edgeprune.training.distributed import resolve_device
+        return resolve_device(self.cfg.device)
+
     def ensure_trained(self, checkpoint: Path) -> None:
         """Train a baseline first when the model has no trained weights (resumable)."""
         if self.trained or self.cfg.baseline_epochs <= 0 or self.data is None:

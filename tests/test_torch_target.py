@@ -217,3 +217,34 @@ def test_gpu_aoti_package_exports_and_validates(tmp_path, resnet18):
     model, shape, _ = resnet18
     res = export_artifact(model, "pt2-cuda", tmp_path / "m.pt2", shape, metadata={"model": "resnet18"})
     assert res.ok and (tmp_path / "m.json").is_file()
+
+
+def test_a_captured_cuda_graph_keeps_the_module_it_reads_alive(monkeypatch):
+    """A CUDA graph holds raw addresses, not references. On the H200 the captured module was
+    dropped after capture, its weights' memory reused, and replays gave 1e6-sized outputs and
+    then an illegal memory access. Here the capture is faked on the CPU (no GPU needed): after
+    compile-like use, only the replay closures are kept, and the module must still be alive."""
+    import contextlib
+    import gc
+    import weakref
+
+    from edgeprune.runtime import torch_aoti
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    fake = dict(Stream=lambda device=None: type("S", (), {"wait_stream": lambda self, s: None})(),
+                current_stream=lambda device=None: type("S", (), {"wait_stream": lambda self, s: None})(),
+                stream=lambda s: contextlib.nullcontext(), graph=lambda g: contextlib.nullcontext(),
+                CUDAGraph=FakeGraph)
+    for name, value in fake.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    module = nn.Linear(4, 2)
+    alive = weakref.ref(module)
+    forward, fire = torch_aoti._cuda_graph(module, torch.zeros(1, 4))
+    del module
+    gc.collect()
+    assert alive() is not None, "the graph's module was freed while its replay is still reachable"
+    fire()
+    assert forward(torch.ones(1, 4)).shape == (1, 2)

@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -184,8 +185,9 @@ def run_stage(report: dict, name: str, seconds: float, fn, out: Path | None) -> 
     try:
         with deadline(seconds):
             report[name] = fn()
-    except Exception as e:  # recorded; the next stage still runs
+    except Exception as e:  # recorded, its traceback to stderr; the next stage still runs
         report[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        traceback.print_exc()
     report["stage_s"][name] = round(time.time() - t0, 1)
     print(json.dumps({name: report[name]}, default=str), flush=True)
     if out is not None:

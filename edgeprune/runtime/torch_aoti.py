@@ -256,12 +256,26 @@ def _cuda_graph(module, static_x) -> tuple[Callable, Callable[[], object]]:
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         static_out = module(static_x)
+    replay = GraphReplay(module, graph, static_x, static_out)
+    return replay.forward, replay.fire
 
-    def forward(x):
-        static_x.copy_(x)
-        graph.replay()
-        return static_out.clone()
-    return forward, graph.replay
+
+class GraphReplay:
+    """A captured graph and everything it reads. A CUDA graph holds raw addresses, not
+    references: the module's weights must stay alive as long as the graph can be replayed, or
+    the allocator hands their memory to something else and a replay reads garbage or faults
+    (seen on the H200: outputs of 1e6 and an illegal memory access)."""
+
+    def __init__(self, module, graph, static_x, static_out):
+        self.module, self.graph, self.static_x, self.static_out = module, graph, static_x, static_out
+
+    def forward(self, x):
+        self.static_x.copy_(x)
+        self.graph.replay()
+        return self.static_out.clone()
+
+    def fire(self):
+        self.graph.replay()
 
 
 def _sync(cuda: bool) -> None:
