@@ -158,7 +158,7 @@ def cmd_prune(a) -> int:
 
 def _abn_config(a):
     from edgeprune.search.accuracy import AbnConfig
-    return AbnConfig(samples=a.candidates, refine=a.refine, seed=a.search_seed)
+    return AbnConfig(samples=a.candidates, refine=a.refine, seed=a.search_seed, finetune_steps=a.finetune_steps)
 
 
 def cmd_export(a) -> int:
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--candidates", type=COUNT, default=32, help="random width shapes scored (adaptive-bn)")
         g.add_argument("--refine", type=COUNT, default=16, help="mutations of the best shapes scored (adaptive-bn)")
         g.add_argument("--search-seed", type=COUNT, default=0, help="seed of the candidate sampling")
+        g.add_argument("--finetune-steps", type=COUNT, default=0,
+                       help="score the finalists after this many distillation steps, NetAdapt-style (for deep "
+                            "prunes, where BN re-estimation alone scores every shape near chance; 0: off)")
 
     def search_args(c):
         c.add_argument("--budget-ms", type=number, help="latency budget (default: the target file's)")

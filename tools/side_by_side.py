@@ -374,6 +374,8 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=32)
     p.add_argument("--refine", type=int, default=16)
     p.add_argument("--greedy-steps", type=int, default=8, help="the search's NetAdapt-style candidate (0: none)")
+    p.add_argument("--finetune-steps", type=int, default=0, help="the search's finalists scored after this many "
+                   "distillation steps (0: BN re-estimation only)")
     p.add_argument("--profiles-dir", help="latency tables (default: OUT/profiles, so a study never rewrites the committed tables)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=1)
@@ -382,8 +384,10 @@ def main() -> int:
     a = p.parse_args()
     if not all(0 < f < 1 for f in a.budgets):
         p.error(f"--budgets are shares of the unpruned latency, between 0 and 1 (got {a.budgets})")
-    if a.jobs < 1 or a.reads < 1 or a.epochs < 0 or a.baseline_epochs < 0 or any(x < 0 for x in a.seeds) or a.greedy_steps < 0:
-        p.error("--jobs and --reads must be >= 1; --epochs, --baseline-epochs, --seeds and --greedy-steps >= 0")
+    counts = [a.epochs, a.baseline_epochs, *a.seeds, a.greedy_steps, a.finetune_steps]
+    if a.jobs < 1 or a.reads < 1 or any(x < 0 for x in counts):
+        p.error("--jobs and --reads must be >= 1; --epochs, --baseline-epochs, --seeds, --greedy-steps and "
+                "--finetune-steps >= 0")
     out = Path(a.out)
     cfg_path = out / "config.json"
     if a.phase == "plan" and not cfg_path.exists():
@@ -391,7 +395,8 @@ def main() -> int:
                              "data": a.data, "train_samples": a.train_samples, "val_samples": a.val_samples,
                              "baseline_epochs": a.baseline_epochs, "epochs": a.epochs, "budgets": a.budgets,
                              "profiles_dir": a.profiles_dir or str(Path(a.out) / "profiles"),
-                             "abn": {"samples": a.candidates, "refine": a.refine, "greedy_steps": a.greedy_steps}})
+                             "abn": {"samples": a.candidates, "refine": a.refine, "greedy_steps": a.greedy_steps,
+                                     "finetune_steps": a.finetune_steps}})
     if not cfg_path.exists():
         print(f"side_by_side: {cfg_path} missing: run the plan phase first", file=sys.stderr)
         return 2

@@ -53,17 +53,19 @@ class AbnConfig:
     eval_samples: int = 1000   # ... and validation images
     seed: int = 0
     greedy_steps: int = 8      # NetAdapt-style candidate: steps from the unpruned widths down (0: none)
+    finetune_steps: int = 0    # full score after this many distillation steps (0: BN re-estimation only)
 
     def __post_init__(self):
         low = {k: v for k, v in (("candidates", self.samples), ("refine", self.refine), ("finalists", self.finalists),
-                                 ("search-seed", self.seed), ("greedy-steps", self.greedy_steps)) if v < 0}
+                                 ("search-seed", self.seed), ("greedy-steps", self.greedy_steps),
+                                 ("finetune-steps", self.finetune_steps)) if v < 0}
         low.update({k: v for k, v in (("parents", self.parents), ("screen_batches", self.screen_batches),
                                       ("screen_samples", self.screen_samples), ("calib_batches", self.calib_batches),
                                       ("batch_size", self.batch_size), ("eval_samples", self.eval_samples)) if v < 1})
         if low:
             from edgeprune.errors import UsageError
             raise UsageError("accuracy search: " + ", ".join(f"{k} {v} is out of range" for k, v in low.items())
-                             + " (candidates, refine, search-seed, greedy-steps >= 0; batches and sample counts >= 1)")
+                             + " (candidates, refine, search-seed, greedy-steps, finetune-steps >= 0; batches and sample counts >= 1)")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class AdaptiveBN:
         vidx = torch.randperm(len(vx), generator=gen)[: cfg.eval_samples]
         self.val = (vx[vidx].to(self.device), vy[vidx].to(self.device))
         self.cache: dict[tuple, Score] = {}
+        self.steps = self._distillation_batches(data, gen) if cfg.finetune_steps else []
 
     def __call__(self, widths: dict[str, int], screen: bool = False) -> Score:
         key = (tuple(sorted(widths.items())), screen)
@@ -129,9 +132,13 @@ class AdaptiveBN:
         return self.cache[key]
 
     def score(self, model: nn.Module, screen: bool = False) -> Score:
-        """Accuracy and loss of ``model`` (changed in place) after BN re-estimation."""
+        """Accuracy and loss of ``model`` (changed in place) after BN re-estimation, and for the
+        full score with ``finetune_steps``, after that short distillation too."""
         cfg = self.cfg
         recalibrate(model, self.calib[: cfg.screen_batches] if screen else self.calib)
+        if self.steps and not screen:
+            short_distillation(model, self.steps, self.cfg.seed)
+            recalibrate(model, self.calib)
         model.eval()
         correct, loss = 0, 0.0
         x, y = self.val
@@ -143,6 +150,41 @@ class AdaptiveBN:
                 correct += int((logits.argmax(1) == y[i:i + 250]).sum())
                 loss += float(nn.functional.cross_entropy(logits, y[i:i + 250], reduction="sum"))
         return Score(correct / max(1, len(y)), loss / max(1, len(y)))
+
+
+    def _distillation_batches(self, data, gen: torch.Generator) -> list[tuple[torch.Tensor, ...]]:
+        """``finetune_steps`` fixed (images, labels, teacher logits) batches: every finalist is
+        trained on the same images in the same order, so the scores differ by shape alone."""
+        x, y = data.train.tensors
+        n = self.cfg.finetune_steps * self.cfg.batch_size
+        idx = torch.cat([torch.randperm(len(x), generator=gen) for _ in range(-(-n // len(x)))])[:n]
+        home = next(self.model.parameters()).device
+        teacher = self.model.to(self.device).eval()
+        batches = []
+        with torch.no_grad():
+            for i in range(0, n, self.cfg.batch_size):
+                bx, by = x[idx[i:i + self.cfg.batch_size]].to(self.device), y[idx[i:i + self.cfg.batch_size]].to(self.device)
+                batches.append((bx, by, teacher(bx)))
+        self.model.to(home)
+        return batches
+
+
+def short_distillation(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], seed: int) -> None:
+    """NetAdapt's short fine-tune, with the pipeline's own loss (distillation from the
+    unpruned model, ``FinetuneConfig``'s lr, momentum, weight decay, alpha and temperature):
+    far below chance right after a deep prune, BN re-estimation alone no longer ranks shapes
+    (EfficientNet-Lite0 at a quarter of its latency: every candidate 15-20%, issue 9)."""
+    from edgeprune.training.finetune import FinetuneConfig, distillation_loss
+    cfg = FinetuneConfig()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    model.train()
+    with torch.random.fork_rng(devices=[]):  # dropout's draws, without moving the caller's seed
+        torch.manual_seed(seed)
+        for x, y, t_logits in batches:
+            opt.zero_grad(set_to_none=True)
+            distillation_loss(model(x), t_logits, y, cfg.kd_alpha, cfg.kd_temperature).backward()
+            opt.step()
+    model.eval()
 
 
 def recalibrate(model: nn.Module, batches: list[torch.Tensor]) -> None:
