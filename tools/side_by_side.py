@@ -342,9 +342,11 @@ def markdown(summary: dict) -> str:
                      f"{r['proxy_val_accuracy']:.1%} | {recal} | {ft} |")
     routes = [(k, name, x) for k, rs in summary.get("routes", {}).items() for name, x in rs.items()]
     if routes:
-        lines += ["", "Routes of the accuracy side at edgeprune's predicted latency (val accuracy after BN "
-                  "re-estimation, the search's score):", "",
-                  "| budget | route | predicted | val acc after BN re-est. |", "|---|---|---|---|"]
+        steps = summary["config"].get("abn", {}).get("finetune_steps", 0)
+        score = f"after BN re-est. and {steps} distillation steps" if steps else "after BN re-est."
+        lines += ["", f"Routes of the accuracy side at edgeprune's predicted latency (val accuracy {score}, "
+                  "the search's score):", "",
+                  f"| budget | route | predicted | val acc {score} |", "|---|---|---|---|"]
         lines += [f"| {float(k):.0%} | {name} | {x['predicted_ms']:.4f} ms | {x['proxy_val_accuracy']:.1%} |"
                   for k, name, x in routes]
     return "\n".join(lines) + "\n"
