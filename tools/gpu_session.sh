@@ -31,6 +31,7 @@ timeout $((CHECK_S + 20)) python3 tools/gpu_check.py --device cuda --size 224 --
 echo "== 3. edgeprune prune on cuda-gpu ($(date +%T))"
 base=$(timeout 25 python3 -m edgeprune measure resnet18 --target cuda-gpu --input-size 224 --json \
        | python3 -c "import json,sys; print(json.load(sys.stdin)['median_ms'])")
+[ -n "$base" ] || { echo "measure failed: no budget, the prune is not run"; exit 4; }
 budget=$(python3 -c "print(round(0.6 * $base, 4))")
 echo "unpruned ${base} ms, budget ${budget} ms"
 EDGEPRUNE_DEBUG=1 timeout 150 python3 -m edgeprune prune resnet18 --target cuda-gpu --input-size 224 --budget-ms "$budget" \

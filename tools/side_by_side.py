@@ -386,10 +386,10 @@ def main() -> int:
     a = p.parse_args()
     if not all(0 < f < 1 for f in a.budgets):
         p.error(f"--budgets are shares of the unpruned latency, between 0 and 1 (got {a.budgets})")
-    counts = [a.epochs, a.baseline_epochs, *a.seeds, a.greedy_steps, a.finetune_steps]
+    counts = [a.epochs, a.baseline_epochs, *a.seeds, a.candidates, a.refine, a.greedy_steps, a.finetune_steps]
     if a.jobs < 1 or a.reads < 1 or any(x < 0 for x in counts):
-        p.error("--jobs and --reads must be >= 1; --epochs, --baseline-epochs, --seeds, --greedy-steps and "
-                "--finetune-steps >= 0")
+        p.error("--jobs and --reads must be >= 1; --epochs, --baseline-epochs, --seeds, --candidates, --refine, "
+                "--greedy-steps and --finetune-steps >= 0")
     out = Path(a.out)
     cfg_path = out / "config.json"
     if a.phase == "plan" and not cfg_path.exists():

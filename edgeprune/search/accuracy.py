@@ -104,9 +104,9 @@ class AdaptiveBN:
 
     The batches are drawn once, so every candidate sees the same images and differences
     between candidates are not sampling noise. Channels are chosen and removed on the CPU; the
-    BN passes and the scoring run on ``device`` (the training device): on a GPU host they are
-    most of the search's time (ResNet-18 at 224 px: minutes per candidate on one CPU thread,
-    so a search of ~50 candidates did not end in 300 s on the H200 machine while scoring on its CPU)."""
+    BN passes and the scoring run on ``device`` (the training device): they are most of the
+    search's time (ResNet-18 at 224 px on one CPU thread: about 17 s a screened candidate, 60 s a
+    full score, BENCHMARKS.md), so on a GPU host they run on its GPU."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], data, importance: str = "l1",
                  cfg: AbnConfig | None = None, device: str | torch.device = "cpu"):
@@ -121,7 +121,7 @@ class AdaptiveBN:
         vidx = torch.randperm(len(vx), generator=gen)[: cfg.eval_samples]
         self.val = (vx[vidx].to(self.device), vy[vidx].to(self.device))
         self.cache: dict[tuple, Score] = {}
-        self.steps = self._distillation_batches(data, gen) if cfg.finetune_steps else []
+        self.distill = self._distillation_batches(data, gen) if cfg.finetune_steps else []
 
     def __call__(self, widths: dict[str, int], screen: bool = False) -> Score:
         key = (tuple(sorted(widths.items())), screen)
@@ -132,13 +132,12 @@ class AdaptiveBN:
         return self.cache[key]
 
     def score(self, model: nn.Module, screen: bool = False) -> Score:
-        """Accuracy and loss of ``model`` (changed in place) after BN re-estimation, and for the
-        full score with ``finetune_steps``, after that short distillation too."""
+        """Accuracy and loss of ``model`` (changed in place) after BN re-estimation; for the full
+        score with ``finetune_steps``, after the short distillation and then BN re-estimation."""
         cfg = self.cfg
+        if self.distill and not screen:  # training normalises by batch statistics: re-estimate after it
+            short_distillation(model, self.distill, cfg.seed)
         recalibrate(model, self.calib[: cfg.screen_batches] if screen else self.calib)
-        if self.steps and not screen:
-            short_distillation(model, self.steps, self.cfg.seed)
-            recalibrate(model, self.calib)
         model.eval()
         correct, loss = 0, 0.0
         x, y = self.val
@@ -150,7 +149,6 @@ class AdaptiveBN:
                 correct += int((logits.argmax(1) == y[i:i + 250]).sum())
                 loss += float(nn.functional.cross_entropy(logits, y[i:i + 250], reduction="sum"))
         return Score(correct / max(1, len(y)), loss / max(1, len(y)))
-
 
     def _distillation_batches(self, data, gen: torch.Generator) -> list[tuple[torch.Tensor, ...]]:
         """``finetune_steps`` fixed (images, labels, teacher logits) batches: every finalist is
@@ -170,13 +168,13 @@ class AdaptiveBN:
 
 
 def short_distillation(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], seed: int) -> None:
-    """NetAdapt's short fine-tune, with the pipeline's own loss (distillation from the
-    unpruned model, ``FinetuneConfig``'s lr, momentum, weight decay, alpha and temperature):
-    far below chance right after a deep prune, BN re-estimation alone no longer ranks shapes
-    (EfficientNet-Lite0 at a quarter of its latency: every candidate 15-20%, issue 9)."""
-    from edgeprune.training.finetune import FinetuneConfig, distillation_loss
+    """NetAdapt's short fine-tune, with the pipeline's own loss and optimiser (distillation
+    from the unpruned model, ``finetune.sgd`` at the recipe's starting lr): right after a deep
+    prune BN re-estimation alone no longer ranks shapes (EfficientNet-Lite0 at a quarter of its
+    latency: every candidate 15-20%, near chance; BENCHMARKS.md, issue 9)."""
+    from edgeprune.training.finetune import FinetuneConfig, distillation_loss, sgd
     cfg = FinetuneConfig()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = sgd(model, cfg)
     model.train()
     with torch.random.fork_rng(devices=[]):  # dropout's draws, without moving the caller's seed
         torch.manual_seed(seed)

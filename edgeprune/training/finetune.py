@@ -105,6 +105,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: tor
     return alpha * kd + (1.0 - alpha) * F.cross_entropy(student, targets)
 
 
+def sgd(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.SGD:
+    """The recipe's optimiser (also the accuracy search's short distillation, so its scores
+    rank shapes under the optimiser that will fine-tune the winner)."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
 def train(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, checkpoint: Path | None = None,
           teacher: nn.Module | None = None, key: str = "") -> TrainResult:
     """Train ``model`` in place; on return it holds the weights with the best val accuracy.
@@ -171,8 +178,7 @@ def _train(model, data, cfg, checkpoint, teacher, key, run: distributed.Dist, am
         run.sync_state(teacher)
         if len(data.train.tensors) == 2:
             data = with_teacher_logits(data, teacher)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    opt = sgd(model, cfg)
     val_loader = data.loader("val", cfg.batch_size)
     saved = run.broadcast(read_checkpoint(checkpoint, key, model) if run.is_main else None)
     state = restore(saved, model, opt, amp.scaler) if saved else None
