@@ -61,15 +61,18 @@ def profile(model: str, target: str = "ort-cpu", input_size: int | None = None,
 
 
 def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", input_size: int | None = None,
-           config: SearchConfig | None = None, objective: str | None = None, abn=None, **session) -> SearchResult:
+           config: SearchConfig | None = None, objective: str | None = None, abn=None,
+           budget_ratio: float | None = None, **session) -> SearchResult:
     """Per-group widths predicted to fit ``budget_ms`` (default: the target file's budget for
-    the model; profiles first if no table exists). ``objective``: ``adaptive-bn`` (the default
+    the model; profiles first if no table exists), or ``budget_ratio`` of the unpruned model's
+    predicted latency. ``objective``: ``adaptive-bn`` (the default
     when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
     ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
-    from edgeprune.pipeline import OBJECTIVES, prune_budget_ms
+    from edgeprune.pipeline import OBJECTIVES, budget_ratio_or_raise, prune_budget_ms
     from edgeprune.search.knapsack import SearchConfig
     from edgeprune.search.knapsack import search as _search
     from edgeprune.session import Session, SessionConfig
+    budget_ratio_or_raise(budget_ratio, budget_ms)
     s = Session.open(SessionConfig(model=model, target=target, input_size=input_size, **session))
     objective = objective or ("adaptive-bn" if s.data is not None else "importance")
     if objective not in OBJECTIVES:
@@ -80,8 +83,9 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     if objective == "adaptive-bn" and not s.trained:
         raise UsageError(f"the adaptive-bn objective scores a trained model: pass --weights for {model} "
                          "(prune trains a baseline itself)")
-    budget_ms = prune_budget_ms(budget_ms, s)
+    budget_ms = prune_budget_ms(budget_ms, s) if budget_ratio is None else None
     cfg, table = s.search_config(config or SearchConfig()), s.table()
+    budget_ms = budget_ms if budget_ratio is None else budget_ratio * table.predict(s.widths(s.model))
     if objective == "importance":
         return _search(table, s.scores(), budget_ms, cfg)
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
@@ -92,8 +96,10 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
 def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
           data: str = "digits", epochs: int = 3, finetune: bool = True, steps: int = 1,
           search: SearchConfig | None = None, objective: str = "adaptive-bn", abn=None,
-          engine: str = "torch-pruning", typed: bool = False, **session) -> dict | PruneReport:
-    """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``.
+          engine: str = "torch-pruning", typed: bool = False, budget_ratio: float | None = None,
+          **session) -> dict | PruneReport:
+    """Prune, fine-tune and export ``model`` to fit ``budget_ms`` measured on ``target``, or
+    ``budget_ratio`` of the unpruned model's latency there (each reading paired with it).
 
     ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
     widths by validation accuracy after BN re-estimation (``accuracy_search.AbnConfig`` in
@@ -108,7 +114,7 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
     from edgeprune.session import SessionConfig
     job = PruneJob(SessionConfig(model=model, target=target, data=data, **session), Path(out), budget_ms,
                    epochs, finetune, steps, search or SearchConfig(), objective=objective, abn=abn or AbnConfig(),
-                   engine=engine)
+                   engine=engine, budget_ratio=budget_ratio)
     report = run_prune(job)  # None on a torchrun rank other than 0: it only trained
     return report if typed or report is None else report.to_json_dict()  # the dict: as report.json holds it
 

@@ -125,7 +125,7 @@ def cmd_search(a) -> int:
     from edgeprune.api import search
     data = dict(data=a.data, data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples) if a.data else {}
     r = search(a.model, a.budget_ms, a.target, config=_search_config(a), objective=a.objective,
-               abn=_abn_config(a), **data, **_session_kwargs(a))
+               abn=_abn_config(a), budget_ratio=a.budget_ratio, **data, **_session_kwargs(a))
     if a.json:
         print(json.dumps(r.to_dict()))
     else:
@@ -145,7 +145,8 @@ def cmd_prune(a) -> int:
                    finetune=not a.no_finetune, steps=a.steps, search=_search_config(a),
                    data_root=a.data_root, train_samples=a.train_samples, val_samples=a.val_samples,
                    test_samples=a.test_samples, baseline_epochs=a.baseline_epochs, objective=a.objective,
-                   abn=_abn_config(a), engine=a.engine, typed=True, **_session_kwargs(a))
+                   abn=_abn_config(a), engine=a.engine, budget_ratio=a.budget_ratio, typed=True,
+                   **_session_kwargs(a))
     if report is None:  # a torchrun rank other than 0: it trained beside rank 0, which reports
         return 0
     if a.json:
@@ -268,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "prunes, where BN re-estimation alone scores every shape near chance; 0: off)")
 
     def search_args(c):
-        c.add_argument("--budget-ms", type=number, help="latency budget (default: the target file's)")
+        b = c.add_mutually_exclusive_group()
+        b.add_argument("--budget-ms", type=number, help="latency budget (default: the target file's)")
+        b.add_argument("--budget-ratio", type=fraction, metavar="SHARE",
+                       help="budget as a share of the unpruned model's latency on this target (0.5: twice as "
+                            "fast); every reading is paired with the unpruned model, so a drifting host cancels")
         c.add_argument("--min-ratio", type=fraction, default=0.25, help="no group below this fraction")
         c.add_argument("--min-width", type=POSITIVE, default=8)
         c.add_argument("--round-to", type=POSITIVE, default=8)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +29,7 @@ from edgeprune.runtime.timing import Latency
 from edgeprune.search.accuracy import AbnConfig
 from edgeprune.search.knapsack import SearchConfig, SearchResult
 from edgeprune.search.loop import (
+    Anchor,
     LoopConfig,
     LoopResult,
     Round,
@@ -54,6 +57,8 @@ class PruneJob:
     objective: str = "adaptive-bn"   # or "importance" (kept importance per millisecond, no data needed)
     abn: AbnConfig = field(default_factory=AbnConfig)
     engine: str = "torch-pruning"    # the PruningEngine that cuts the channels (torch-pruning or nni)
+    budget_ratio: float | None = None  # instead of budget_ms: this share of the unpruned model's
+    #                                    latency, every reading paired with it (search.loop.Anchor)
 
 
 OBJECTIVES = ("adaptive-bn", "importance")
@@ -90,6 +95,7 @@ def run_prune(job: PruneJob) -> PruneReport | None:
         raise unknown("search objective", job.objective, OBJECTIVES)
     if job.budget_ms is not None:  # refused at once, not after the data and model are loaded
         budget_ms_or_raise(job.budget_ms)
+    budget_ratio_or_raise(job.budget_ratio, job.budget_ms)
     run = distributed.init(job.session.device)  # --device cuda without CUDA: refused before any work too
     if not run.is_main:  # under torchrun: rank 0 runs the job, the others train beside it
         return pipeline_ranks.follow(job)
@@ -97,12 +103,14 @@ def run_prune(job: PruneJob) -> PruneReport | None:
         from edgeprune.pruning.engine import get_engine
         get_engine(job.engine)  # an unknown or uninstalled engine fails before any work
         s = Session.open(job.session)
-        budget = prune_budget_ms(job.budget_ms, s)
+        budget = prune_budget_ms(job.budget_ms, s) if job.budget_ratio is None else None
         # the channels kept are those the plan ranked by (issue 9: pruning used to fall back to L1)
         job = replace(job, loop=replace(job.loop, importance=s.cfg.importance, engine=job.engine))
     with stages("profile"):
         table = s.table()
         landed = len(table.landings) if table.landings is not None else None
+        level = table.predict(s.widths(s.model))  # the unpruned model in the table's units
+        budget = budget if job.budget_ratio is None else job.budget_ratio * level
         check_feasible(table, s.search_config(job.search), budget)
     job.out.mkdir(parents=True, exist_ok=True)
     # run.json says "a finished run": a re-run into the same directory is not one until it ends
@@ -114,16 +122,17 @@ def run_prune(job: PruneJob) -> PruneReport | None:
         baseline_onnx = export_onnx(s.model, s.input_shape, Path(work.name) / "baseline.onnx")
     teacher = copy.deepcopy(s.model).eval()
     current, rounds, history, steps = s.model, [], [], []
+    anchor = Anchor(baseline_onnx, level) if job.budget_ratio is not None else None
     # the report's baseline is measured at the end, interleaved with the final model; the
-    # intermediate budgets of gradual pruning need one now
-    start_ms = s.target.measure(baseline_onnx).median_ms if job.steps > 1 else budget
+    # intermediate budgets of gradual pruning need one now (a relative budget has it: ``level``)
+    start_ms = level if anchor else s.target.measure(baseline_onnx).median_ms if job.steps > 1 else budget
     budgets = gradual_budgets(start_ms, budget, job.steps)
     epochs = split_epochs(job.epochs if job.finetune else 0, len(budgets))
     for k, (step_budget, step_epochs) in enumerate(zip(budgets, epochs), 1):
         with stages("search+measure"):
             cfg = s.search_config(job.search)
             cfg = bounded(cfg, s.widths(current)) if k > 1 else cfg
-            result = fit_step(s, job, current, table, step_budget, cfg, k)
+            result = fit_step(s, job, current, table, step_budget, cfg, k, anchor)
             rounds += [{**r.to_dict(), "step": k} for r in result.rounds]
             current = result.model
         with stages("finetune"):
@@ -140,13 +149,15 @@ def run_prune(job: PruneJob) -> PruneReport | None:
     pipeline_ranks.announce(run, None)
     with stages("export"):
         meta = {"target": s.spec.name, "budget_ms": budget, "widths": result.widths,
-                "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape)}
+                "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape),
+                **({"budget_ratio": job.budget_ratio} if anchor else {})}
         art = export_artifact(current, "onnx", job.out / "model.onnx", s.input_shape, meta)
         device_art = device_artifact(s, current, job.out, meta)
         save_weights(current, job.out / "model.pt")
     with stages("measure"):
         loop_windows = tuple(result.latency.window_medians_ms) if result.latency is not None else ()
-        measured = measure_final(s.target, baseline_onnx, art.path, budget, loop_windows)
+        measured = measure_final(s.target, baseline_onnx, art.path, budget, loop_windows,
+                                 level_ms=anchor.level_ms if anchor else None)
         if measured.budget.verdict != "fits":
             print(f"edgeprune: the final model measures {measured.budget.describe()}", file=sys.stderr)
         size_before = baseline_onnx.stat().st_size
@@ -154,26 +165,27 @@ def run_prune(job: PruneJob) -> PruneReport | None:
                     "after": layer_breakdown(s.target, current, s.input_shape, art.path)}
     work.cleanup()
     report = build_report(s, job, PruneOutcome(
-        budget_ms=budget, measured=measured, result=result, rounds=rounds, steps=steps, table=table,
+        budget_ms=measured.budget.budget_ms, measured=measured, result=result, rounds=rounds, steps=steps, table=table,
         landed=landed, before=before, after=ft.finetuned, stats_before=model_stats(teacher, s.input_shape),
         stats_after=model_stats(current, s.input_shape), artifact=art, device_artifact=device_art,
         size_before=size_before, history=history, layer_ms=layer_ms, stage_seconds=stages.seconds))
     report.charts = write_charts(report, job.out)
     write_report(report, job.out)
-    manifest.for_prune(s, job.out, budget, result.widths, table, [art, *([device_art] if device_art else [])],
+    manifest.for_prune(s, job.out, measured.budget.budget_ms, result.widths, table, [art, *([device_art] if device_art else [])],
                        result.search.objective, job.engine or "torch-pruning").write(job.out)  # last: its presence means the run finished
     for done in [*job.out.glob("finetune*.ckpt"), *job.out.glob("step*.json")]:
         done.unlink()
     return report
 
 
-def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchConfig, k: int) -> LoopResult:
+def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchConfig, k: int,
+             anchor: Anchor | None = None) -> LoopResult:
     """The closed loop for step ``k``, or its saved outcome when an interrupted job is re-run
     (so the re-run prunes to the same widths and its fine-tune checkpoint still applies)."""
     from edgeprune.pruning.prune import prune_to_widths
     saved = job.out / f"step{k}.json"
     key = _key(step_budget, table.digest, asdict(cfg), s.widths(current), job.loop.importance, job.objective,
-               asdict(job.abn) if job.objective == "adaptive-bn" else None)
+               asdict(job.abn) if job.objective == "adaptive-bn" else None, anchor is not None)
     if saved.exists():
         d = json.loads(saved.read_text())
         if d.get("key") == key:
@@ -183,7 +195,7 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
                               [Round(**r) for r in d["rounds"]], d.get("candidates", []))
     planner = make_planner(s, job, current, table, cfg)
     try:
-        result = fit_budget(current, s.input_shape, table, planner, s.target, step_budget, cfg, job.loop)
+        result = fit_budget(current, s.input_shape, table, planner, s.target, step_budget, cfg, job.loop, anchor)
     finally:  # a budget not met measured the table too: the next run on this host starts from it
         if table.landings is not None:
             table.landings.save()
@@ -214,6 +226,16 @@ def split_epochs(total: int, steps: int) -> list[int]:
     return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
 
 
+def budget_ratio_or_raise(r: float | None, budget_ms: float | None) -> None:
+    """A relative budget is a share of the unpruned latency, given instead of one in ms."""
+    if r is None:
+        return
+    if budget_ms is not None:
+        raise UsageError("give --budget-ms or --budget-ratio, not both")
+    if not (isinstance(r, (int, float)) and 0 < r < 1):
+        raise UsageError(f"--budget-ratio must be a share of the unpruned latency, between 0 and 1 (got {r})")
+
+
 def prune_budget_ms(budget_ms: float | None, s: "Session") -> float:
     if budget_ms is None:
         budget_ms = s.spec.budget_for(s.cfg.model)
@@ -234,7 +256,8 @@ class FinalMeasurement:
 
 
 def measure_final(target, baseline_onnx: Path, final_onnx: Path, budget_ms: float,
-                  earlier_ms: tuple[float, ...] = (), attempts: int = 3) -> FinalMeasurement:
+                  earlier_ms: tuple[float, ...] = (), attempts: int = 3,
+                  level_ms: float | None = None) -> FinalMeasurement:
     """The unpruned and the pruned model in alternating short blocks (``measure_alternating``,
     as ``check`` measures): the speed-up is the paired same-run ratio, and the pruned model's
     windows give the budget verdict (``budget_verdict``). While the verdict is inconclusive the
@@ -246,15 +269,19 @@ def measure_final(target, baseline_onnx: Path, final_onnx: Path, budget_ms: floa
     above ``check``'s limit) is inconclusive: in CI beside other jobs a final reading came 40%
     over a model the loop had measured inside the budget. Before, the speed-up and the verdict
     were measured separately and the verdict kept the fastest window of several tries
-    (issue 10)."""
+    (issue 10).
+
+    ``level_ms`` makes the budget relative (``--budget-ratio``): ``budget_ms`` and ``earlier_ms``
+    are then in the units where the unpruned model costs ``level_ms`` (``search.loop.Anchor``),
+    and the verdict is paired: each window's pruned/unpruned ratio against budget_ms/level_ms,
+    both scaled by this run's unpruned reading, so the verdict's budget is in this run's ms."""
     from edgeprune.runtime.base import too_busy
     alts, busy = [], False
     for _ in range(max(1, attempts)):
         alt, wait = target.with_busy_share(lambda: target.measure_alternating(baseline_onnx, final_onnx))
         alts.append(alt)
         busy = busy or too_busy(wait)
-        windows = [*earlier_ms, *(w for a in alts for w in _windows(a.latencies[1]))]
-        verdict = replace(budget_verdict(windows, budget_ms), busy=busy)
+        verdict = replace(_verdict(alts, budget_ms, earlier_ms, level_ms), busy=busy)
         if verdict.verdict != "inconclusive":
             break
     base = [w for a in alts for w in _windows(a.latencies[0])]
@@ -263,6 +290,16 @@ def measure_final(target, baseline_onnx: Path, final_onnx: Path, budget_ms: floa
     pooled = lambda i: replace(alts[-1].latencies[i], window_medians_ms=tuple(  # noqa: E731
         w for a in alts for w in a.latencies[i].window_medians_ms))
     return FinalMeasurement(pooled(0), pooled(1), speedup, verdict)
+
+
+def _verdict(alts: list, budget_ms: float, earlier_ms: tuple[float, ...], level_ms: float | None):
+    """``measure_final``'s budget verdict on the alternating runs so far."""
+    if level_ms is None:
+        return budget_verdict([*earlier_ms, *(w for a in alts for w in _windows(a.latencies[1]))], budget_ms)
+    base = latency_of([w for a in alts for w in _windows(a.latencies[0])])
+    shares = [*(w / level_ms for w in earlier_ms),
+              *(math.exp(statistics.median(lr)) for a in alts for lr in a.log_ratios if lr)]
+    return budget_verdict([x * base for x in shares], budget_ms / level_ms * base)
 
 
 def _windows(lat: Latency) -> tuple[float, ...]:

@@ -127,14 +127,20 @@ def model(tmp_path_factory) -> Path:
     return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
 
 
-def assert_fits_as_measured(report: dict, budget: float) -> None:
+def assert_fits_as_measured(report: dict, budget: float | None = None, ratio: float | None = None) -> None:
     """A prune report's budget claims: fits, or inconclusive on a busy host (said, with its
     interval), never shown over; the kept widths are the search's answer to its round's budget,
     which may lie above the budget where the table over-predicts (the loop grows the search
     budget after confirmed readings far under the prediction, rather than keep a model
-    smaller than the budget allows)."""
+    smaller than the budget allows). A relative budget (``ratio``) is in this run's ms in the
+    report, and in the table's units (a share of its unpruned prediction) in the rounds."""
     import pytest
-    assert report["budget_ms"] == pytest.approx(budget)
+    if ratio is None:
+        assert report["budget_ms"] == pytest.approx(budget)
+    else:
+        assert report["budget_ratio"] == pytest.approx(ratio)
+        assert report["budget_ms"] == pytest.approx(ratio * report["baseline_ms"], rel=0.2)
+        budget = ratio * report["steps"][0]["search"]["full_ms"]
     assert report["within_budget"] is True and report["measured_runs"] > 0
     assert report["budget_verdict"]["verdict"] in ("fits", "inconclusive")
     if report["budget_verdict"]["verdict"] == "fits":

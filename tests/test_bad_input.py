@@ -81,6 +81,7 @@ PRUNE = ["prune", "tiny_resnet", *FAST, "--out", "out", "--budget-ms", "1", "--e
          "--baseline-epochs", "0", "--objective", "importance", "--train-samples", "30", "--val-samples", "30",
          "--test-samples", "30"]
 SEARCH = ["search", "tiny_resnet", *FAST, "--budget-ms", "1", "--objective", "importance"]
+RELATIVE = PRUNE[:PRUNE.index("--budget-ms")] + PRUNE[PRUNE.index("--budget-ms") + 2:]  # no --budget-ms to clash with
 MEASURE = ["measure", "tiny_resnet", "--target", "fake", "--input-size", "16"]
 EXPORT = ["export", "tiny_resnet", "--target", "fake", "--input-size", "16", "--out", "x.onnx"]
 CHECK = ["check", "m.onnx", "--target", "fake", "--no-confirm"]
@@ -103,6 +104,11 @@ CASES = {
     "check budget nan": ([*CHECK, "--budget-ms", "nan", "--update"], ["budget", "nan"]),
     "check budget inf": ([*CHECK, "--budget-ms", "inf", "--update"], ["budget", "inf"]),
     "budget not a number": ([*PRUNE, "--budget-ms", "fast"], ["--budget-ms", "fast"]),
+    "budget in ms and as a ratio": ([*PRUNE, "--budget-ratio", "0.5"], ["--budget-ratio", "--budget-ms"]),
+    "search budget in ms and as a ratio": ([*SEARCH, "--budget-ratio", "0.5"], ["--budget-ratio", "--budget-ms"]),
+    "budget ratio over one": ([*RELATIVE, "--budget-ratio", "1.5"], ["--budget-ratio", "1.5"]),
+    "budget ratio zero": ([*RELATIVE, "--budget-ratio", "0"], ["--budget-ratio"]),
+    "budget ratio nan": ([*RELATIVE, "--budget-ratio", "nan"], ["--budget-ratio"]),
     # ratios
     "min-ratio zero": ([*PRUNE, "--min-ratio", "0"], ["--min-ratio"]),
     "min-ratio above one": ([*SEARCH, "--min-ratio", "1.5"], ["--min-ratio"]),
@@ -228,3 +234,20 @@ def test_a_bad_budget_is_refused_before_the_data_and_model_are_loaded(work, caps
     monkeypatch.setattr(Session, "open", opened)
     code = cli.main(["prune", "tiny_resnet", *FAST, "--out", "out", "--budget-ms", budget])
     assert code == 2 and "budget must be a positive, finite number" in capsys.readouterr().err
+
+
+def test_a_budget_ratio_of_one_is_refused_by_the_api_before_any_work(work, monkeypatch):
+    """--budget-ratio 1 passes the CLI's fraction type (0, 1] but asks for no pruning at all; the
+    API refuses it (and both budgets at once) before the session opens."""
+    from edgeprune import api
+    from edgeprune.errors import UsageError
+    from edgeprune.session import Session
+
+    def opened(*args, **kwargs):
+        raise AssertionError("the session was opened before the budget was checked")
+    monkeypatch.setattr(Session, "open", opened)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        api.prune("tiny_resnet", "out", target="fake", budget_ratio=1.0)
+    with pytest.raises(UsageError, match="not both"):
+        api.search("tiny_resnet", 1.0, target="fake", budget_ratio=0.5)
+    assert not Path("out").exists()

@@ -88,3 +88,20 @@ def test_over_on_a_busy_device_is_inconclusive_and_the_loops_readings_count():
     # the loop read this architecture inside the budget in 12 windows: pooled, not dropped
     m = measure_final(Scripted([slow] * 3), "u.onnx", "f.onnx", 0.5, earlier_ms=(0.44,) * 12, attempts=3)
     assert m.budget.windows >= 17 and m.budget.verdict != "over"
+
+
+def test_a_relative_budget_is_judged_on_paired_ratios_not_on_the_hosts_level():
+    """--budget-ratio 0.5 on a host running 1.6x slower than when the table was profiled: the
+    pruned model reads 0.72 ms, over 0.5 of the table's 1.0 ms unpruned level, yet it is 0.45 of
+    the unpruned model read beside it, so it fits; the verdict's budget is in this run's ms."""
+    t = Scripted([([1.6] * 5, [0.72, 0.72, 0.73, 0.72, 0.72])])
+    assert measure_final(Scripted(list(t.script)), "u.onnx", "f.onnx", 0.5).budget.verdict == "over"
+    m = measure_final(t, "u.onnx", "f.onnx", 0.5, level_ms=1.0)
+    assert m.budget.verdict == "fits"
+    assert m.budget.budget_ms == pytest.approx(0.8)  # 0.5 of the unpruned model's 1.6 ms this run
+    assert m.budget.latency_ms == pytest.approx(0.72, rel=0.01)
+    # the loop's readings (table units, level 1.0) count as shares of the unpruned model
+    slow = Scripted([([1.6] * 3, [0.85, 0.85, 0.85])])
+    assert measure_final(slow, "u.onnx", "f.onnx", 0.5, earlier_ms=(0.45,) * 40, level_ms=1.0).budget.windows == 43
+    over = Scripted([([1.6] * 5, [0.9] * 5)])
+    assert measure_final(over, "u.onnx", "f.onnx", 0.5, level_ms=1.0).budget.verdict == "over"

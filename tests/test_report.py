@@ -55,6 +55,14 @@ def test_device_artifact_is_listed_beside_the_onnx():
     assert "| out/model.xml | openvino | 1.5e-06 |" in md
 
 
+def test_a_relative_budget_is_said_as_a_share_and_its_rounds_as_paired():
+    md = render_markdown(typed({**FULL, "budget_ratio": 0.25}))
+    assert "| budget | 25.0 ms (25% of the unpruned model, paired) |" in md
+    assert "paired with the unpruned model and given in the table's units" in md
+    plain = render_markdown(typed(FULL))
+    assert "| budget | 25.0 ms |" in plain and "paired with the unpruned" not in plain
+
+
 def test_full_report_renders_every_section():
     md = render_markdown(typed(FULL))
     assert md.startswith("# edgeprune report: resnet18 on ort-cpu")

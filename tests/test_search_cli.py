@@ -36,6 +36,18 @@ def test_search_without_data_keeps_importance_and_uses_the_target_budget(tmp_pat
     assert out["objective"] == "importance" and out["budget_ms"] == 0.15
 
 
+def test_search_takes_a_budget_as_a_share_of_the_unpruned_model(tmp_path, cli, fake_target_file):
+    """--budget-ratio 0.8 means 0.8 of the table's own prediction for the unpruned model, whatever
+    the target file's budget in ms says."""
+    fake_target_file.write_text(fake_target_file.read_text() + "budgets_ms:\n  tiny_resnet: 0.15\n")
+    r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--json",
+             "--budget-ratio", "0.8", "--profiles-dir", tmp_path / "p", "--calibrate", "6", "--levels", "3"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["budget_ms"] == pytest.approx(0.8 * out["full_ms"], rel=1e-4) and out["budget_ms"] != 0.15
+    assert out["predicted_ms"] <= out["budget_ms"]
+
+
 @pytest.mark.parametrize("args, words", [
     (["--objective", "adaptive-bn"], "--data"),
     (["--data", "digits"], "--weights"),

@@ -63,7 +63,7 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
     from edgeprune.artifacts.onnxio import export_onnx
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
     from edgeprune.search.knapsack import SearchConfig
-    from edgeprune.search.loop import LoopConfig, fit_budget
+    from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
     from edgeprune.training.metrics import evaluate
 
     out = Path(cfg["out"])
@@ -87,7 +87,12 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
             t0 = time.time()
             scorer = AdaptiveBN(s.model, s.input_shape, s.data, "l1", AbnConfig(**cfg["abn"]))
             planner = ShapePlanner(table, scorer, scfg, s.scores())
-            r = fit_budget(s.model, s.input_shape, table, planner, s.target, budget, scfg, LoopConfig())
+            # paired with the unpruned model, in the table's units (edgeprune prune --budget-ratio):
+            # the host's drift within the hour drove runs/sbs-eff-25ft's loop through 5 rounds
+            level = table.predict(s.widths(s.model))
+            anchor = Anchor(Path(state["baseline"]["onnx"]), level) if cfg.get("anchored", True) else None
+            r = fit_budget(s.model, s.input_shape, table, planner, s.target, frac * level if anchor else budget,
+                           scfg, LoopConfig(), anchor)
             methods["edgeprune"] = record(s, out, key, "edgeprune", r.model, table,
                                           {"rounds": [x.to_dict() for x in r.rounds], "search_s": round(time.time() - t0, 1),
                                            "candidates": [c.to_dict() for c in planner.candidates]})
@@ -378,6 +383,8 @@ def main() -> int:
     p.add_argument("--greedy-steps", type=int, default=8, help="the search's NetAdapt-style candidate (0: none)")
     p.add_argument("--finetune-steps", type=int, default=0, help="the search's finalists scored after this many "
                    "distillation steps (0: BN re-estimation only)")
+    p.add_argument("--absolute", action="store_true", help="edgeprune's loop reads each model alone against "
+                   "an absolute budget (before: a drifting host moved its verdicts) instead of paired with the unpruned one")
     p.add_argument("--profiles-dir", help="latency tables (default: OUT/profiles, so a study never rewrites the committed tables)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=1)
@@ -397,6 +404,7 @@ def main() -> int:
                              "data": a.data, "train_samples": a.train_samples, "val_samples": a.val_samples,
                              "baseline_epochs": a.baseline_epochs, "epochs": a.epochs, "budgets": a.budgets,
                              "profiles_dir": a.profiles_dir or str(Path(a.out) / "profiles"),
+                             "anchored": not a.absolute,
                              "abn": {"samples": a.candidates, "refine": a.refine, "greedy_steps": a.greedy_steps,
                                      "finetune_steps": a.finetune_steps}})
     if not cfg_path.exists():

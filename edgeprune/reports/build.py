@@ -108,7 +108,7 @@ def build_report(s: Session, job: PruneJob, o: PruneOutcome) -> PruneReport:
     return PruneReport(
         schema_version=SCHEMA_VERSION,
         model=s.cfg.model, target=s.spec.name, input_size=s.cfg.input_size, engine=job.engine,
-        data=s.data.name, budget_ms=o.budget_ms, baseline_ms=measured.baseline.median_ms,
+        data=s.data.name, budget_ms=o.budget_ms, budget_ratio=job.budget_ratio, baseline_ms=measured.baseline.median_ms,
         baseline_p90_ms=measured.baseline.p90_ms, predicted_ms=result.search.predicted_ms,
         measured_ms=measured.budget.latency_ms, measured_p90_ms=measured.final.p90_ms,
         measured_runs=measured.final.runs, measured_window_medians_ms=list(measured.final.window_medians_ms),

@@ -201,6 +201,7 @@ class PruneReport(_Part):
     engine: str | None = None                 # None: made before --engine (Torch-Pruning)
     data: str | None = None
     budget_ms: float | None = None
+    budget_ratio: float | None = None         # --budget-ratio: budget_ms is this share of this run's unpruned reading
     baseline_ms: float | None = None          # unpruned, same alternating run as the pruned model
     baseline_p90_ms: float | None = None
     predicted_ms: float | None = None         # the table's prediction for the chosen widths

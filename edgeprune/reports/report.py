@@ -119,7 +119,7 @@ def _summary(r: dict) -> list[str]:
         ("model", fmt_text(r.get("model"))), ("target", fmt_text(r.get("target"))),
         ("input size", fmt_text(r.get("input_size"))), ("data", fmt_text(r.get("data"))),
         ("pruning engine", fmt_text(r.get("engine", "torch-pruning"))),  # runs before --engine: Torch-Pruning
-        ("budget", fmt_ms(r.get("budget_ms"))), ("baseline", fmt_ms(r.get("baseline_ms"))),
+        ("budget", fmt_ms(r.get("budget_ms")) + _share(r.get("budget_ratio"))), ("baseline", fmt_ms(r.get("baseline_ms"))),
         ("predicted", fmt_ms(r.get("predicted_ms"))),
         ("measured", fmt_ms(r.get("measured_ms"))),
         ("measured (p90)", fmt_ms(r.get("measured_p90_ms"))),
@@ -127,6 +127,11 @@ def _summary(r: dict) -> list[str]:
         ("within budget", fmt_bool(r.get("within_budget")) + _verdict(r.get("budget_verdict"))),
     ]
     return _section("Summary", md_table(("", "value"), rows))
+
+
+def _share(ratio: Any) -> str:
+    """' (50% of the unpruned model, paired)' for a relative budget; '' otherwise."""
+    return f" ({ratio:.0%} of the unpruned model, paired)" if isinstance(ratio, (int, float)) else ""
 
 
 def _verdict(v: Any) -> str:
@@ -202,7 +207,10 @@ def _rounds(r: dict) -> list[str]:
              fmt_ms(x.get("predicted_ms")), fmt_ms(x.get("measured_ms")))
             for x in r.get("rounds") or []]
     header = ("round", "search budget", "predicted", "measured")
-    return _section("Closed-loop rounds", md_table(header, rows)) if rows else []
+    paired = (["Each reading is paired with the unpruned model and given in the table's units "
+               "(the share it measured times the table's prediction for the unpruned model)."]
+              if isinstance(r.get("budget_ratio"), (int, float)) else [])
+    return _section("Closed-loop rounds", [*paired, *([""] if paired else []), *md_table(header, rows)]) if rows else []
 
 
 def _table(r: dict) -> list[str]:

@@ -2,6 +2,8 @@
 latency is over budget, tighten the search budget by the measured miss and try again."""
 from __future__ import annotations
 
+import math
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -51,6 +53,28 @@ class LoopConfig:
     #                        16% under its budget after 5 rounds (issue 9, BENCHMARKS.md)
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """The unpruned model as the yardstick of a relative budget ("25% of what it costs today").
+
+    Each round measures the candidate against ``onnx`` in alternating blocks
+    (``Target.measure_alternating``) and reads the paired ratio times ``level_ms``, the unpruned
+    model's cost in the table's own units. A host that drifts moves both sides of every pair, so
+    the drift drops out of each verdict, and the table is only asked for ratios. Without it
+    (issue 9, runs/sbs-eff-25ft) the host slowed by about half within the hour: the loop read
+    smaller models slower, ran 5 rounds and kept a model 32% under a 25% budget.
+
+    A pair cancels the host's level, not all of its noise: a neighbour that thrashes the cache
+    slows the larger model more. Eight single paired readings of one EfficientNet-Lite0 pick
+    against its unpruned model read 0.21-0.27 while the unpruned model alone read 0.79-1.60 ms
+    (BENCHMARKS.md), and one low reading let the loop keep a model on the budget as if it were
+    on the aim. So each round pools the windows of ``reads`` alternating runs (2 s each there)."""
+
+    onnx: Path
+    level_ms: float
+    reads: int = 5
+
+
 @dataclass
 class Round:
     round: int
@@ -84,8 +108,11 @@ Planner = Callable[[float], SearchResult]  # search budget -> widths (search.Imp
 
 def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable,
                planner: Planner | dict[str, np.ndarray], target: Target, budget_ms: float,
-               search_cfg: SearchConfig, cfg: LoopConfig | None = None) -> LoopResult:
+               search_cfg: SearchConfig, cfg: LoopConfig | None = None, anchor: Anchor | None = None) -> LoopResult:
     """Prune ``model`` (a copy) until its measured median latency on ``target`` fits.
+
+    With an ``anchor`` every reading is paired with the unpruned model and expressed in the
+    table's units (``Anchor``): ``budget_ms`` is then a share of ``anchor.level_ms``.
 
     ``planner`` turns a search budget into widths; importance scores (a dict) mean the
     kept-importance greedy search.
@@ -117,7 +144,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
             continue
         tried.add(key)
         pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance, engine=cfg.engine)
-        latency, again, confirmed = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm)
+        latency, again, confirmed = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm, anchor)
         rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms, again,
                             table.calibrated(result.widths)))
         landed.append((result.widths, latency.median_ms))  # far readings were confirmed above
@@ -198,13 +225,19 @@ def _cliff(fit: LoopResult) -> Round | None:
 
 
 def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float | None = None,
-                  confirm: float = 0.0) -> tuple[Latency, bool, bool]:
+                  confirm: float = 0.0, anchor: Anchor | None = None) -> tuple[Latency, bool, bool]:
     """One round's measurement: (latency, re-measured, confirmed). When the reading is more than
     ``confirm`` off the prediction, a second one is taken and the least-disturbed windows of
     both kept (``Latency.least_disturbed``); ``confirmed`` when the second reading is off the same way.
-    A real miss reads the same twice; a neighbour's burst does not."""
+    A real miss reads the same twice; a neighbour's burst does not. A reading paired with an
+    ``anchor`` is not taken again: a burst hits both sides of its pairs, so a far reading is
+    the table's error, confirmed as it stands."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
+        if anchor is not None:
+            latency = measure_anchored(target, anchor, onnx)
+            off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
+            return latency, False, bool(confirm) and abs(off) > confirm
         latency = target.measure(onnx)
         off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
         if confirm and abs(off) > confirm:
@@ -212,6 +245,17 @@ def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target
             again = second.median_ms / predicted_ms - 1
             return Latency.least_disturbed(latency, second), True, abs(again) > confirm and again * off > 0
     return latency, False, False
+
+
+def measure_anchored(target: Target, anchor: Anchor, onnx: Path) -> Latency:
+    """``onnx``'s reading in the anchor's units, pooled over ``anchor.reads`` alternating runs:
+    every window's paired ratio (median of its rounds) times ``anchor.level_ms``; the median of
+    those windows is the reading, and the candidate's own samples are scaled to it."""
+    alts = [target.measure_alternating(anchor.onnx, onnx) for _ in range(max(1, anchor.reads))]
+    windows = tuple(anchor.level_ms * math.exp(statistics.median(w)) for a in alts for w in a.log_ratios if w)
+    samples = [x for a in alts for x in (a.latencies[1].samples_ms or (a.latencies[1].median_ms,))]
+    scale = statistics.median(windows) / statistics.median(samples)
+    return replace(Latency.from_samples([x * scale for x in samples]), window_medians_ms=windows)
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], target: Target) -> Latency:

@@ -1,0 +1,117 @@
+"""The closed loop read alone against an absolute budget, and paired with the unpruned model
+against a relative one (``--budget-ratio``, ``search.loop.Anchor``), on the same host in the same
+period (issue 9, item 7: "the loop done in <= 2 rounds").
+
+    python tools/loop_study.py --model resnet18 --input-size 32 --budgets 0.5 0.35 --repeats 2 \\
+        --profiles-dir runs/loop-study/profiles --out runs/loop-study/study.json
+
+The two loops run in turn (absolute, anchored, absolute, ...), each from a fresh table without
+landings, with the kept-importance planner (no data: the latency side alone). The absolute
+budget is the share of one reading of the unpruned model taken at the start, as a user who
+measured once would set it. Every kept model is then measured against the unpruned model in
+alternating blocks, in one pass at the end: its paired share says where each loop really landed,
+against the aim (the share times 1 - the loop's margin).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
+
+passive_openmp()  # before torch loads
+
+
+def run_loops(a) -> tuple[list[dict], Path, object]:
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
+    from edgeprune.session import Session, SessionConfig
+    s = Session.open(SessionConfig(model=a.model, target=a.target, input_size=a.input_size,
+                                   profiles_dir=a.profiles_dir, landings=False, progress=False))
+    table, scfg, scores = s.table(), SearchConfig(), s.scores()
+    tmp = Path(tempfile.mkdtemp(prefix="loop-study-"))
+    unpruned = export_onnx(s.model, s.input_shape, tmp / "unpruned.onnx")
+    start_ms = sorted(s.target.measure(unpruned).median_ms for _ in range(3))[1]
+    level = table.predict(s.widths(s.model))
+    print(f"unpruned: read {start_ms:.4f} ms, table {level:.4f} ms", flush=True)
+    rows = []
+    for frac in a.budgets:
+        for rep in range(a.repeats):
+            for mode in ("absolute", "anchored"):
+                anchor = Anchor(unpruned, level) if mode == "anchored" else None
+                budget = frac * (level if anchor else start_ms)
+                t0 = time.perf_counter()
+                try:
+                    r = fit_budget(s.model, s.input_shape, table, scores, s.target, budget, scfg, LoopConfig(), anchor)
+                except Exception as e:  # noqa: BLE001 (a loop that gives up is a finding)
+                    rows.append({"budget": frac, "repeat": rep, "mode": mode, "failed": f"{type(e).__name__}: {e}"[:200]})
+                    continue
+                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}.onnx")
+                rows.append({"budget": frac, "repeat": rep, "mode": mode, "onnx": str(path),
+                             "rounds": len(r.rounds), "seconds": round(time.perf_counter() - t0, 1),
+                             "predicted_ms": r.search.predicted_ms, "loop_reading_ms": r.latency.median_ms,
+                             "readings": [x.to_dict() for x in r.rounds]})
+                print(f"{frac:g} #{rep} {mode}: {len(r.rounds)} rounds, predicted {r.search.predicted_ms:.4f}", flush=True)
+    return rows, unpruned, s.target
+
+
+def landed(rows: list[dict], unpruned: Path, target, margin: float) -> None:
+    """Every kept model's paired share of the unpruned model, all in one pass at the end."""
+    from edgeprune.pruning.baselines import paired_ratio
+    for row in rows:
+        if "onnx" in row:
+            share, ci = paired_ratio(target, unpruned, Path(row["onnx"]))
+            aim = row["budget"] * (1 - margin)
+            row.update(share=share, share_ci=list(ci), off_aim=share / aim - 1, fits=share <= row["budget"])
+
+
+def summary(rows: list[dict]) -> list[str]:
+    lines = ["| budget | loop | runs | rounds (each) | paired share of unpruned (each) | off the aim, median | fits |",
+             "|---|---|---|---|---|---|---|"]
+    for frac in sorted({r["budget"] for r in rows}, reverse=True):
+        for mode in ("absolute", "anchored"):
+            rs = [r for r in rows if r["budget"] == frac and r["mode"] == mode]
+            ok = [r for r in rs if "share" in r]
+            gave_up = f" ({len(rs) - len(ok)} gave up)" if len(ok) < len(rs) else ""
+            rounds = " / ".join(str(r["rounds"]) for r in ok) or "—"
+            shares = " / ".join(f"{r['share']:.3f}" for r in ok) or "—"
+            off = f"{statistics.median(r['off_aim'] for r in ok):+.1%}" if ok else "—"
+            fits = sum(r["fits"] for r in ok)
+            lines.append(f"| {frac:.0%} | {mode} | {len(rs)} | {rounds} | {shares} | {off} | {fits} of {len(rs)}{gave_up} |")
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--target", default="ort-cpu")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1:
+        p.error("--budgets are shares in (0, 1); --repeats >= 1")
+    from edgeprune.search.loop import LoopConfig
+    rows, unpruned, target = run_loops(a)
+    landed(rows, unpruned, target, LoopConfig().margin)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+    tmp.replace(out)
+    print("\n".join(summary(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
