@@ -65,10 +65,9 @@ class Anchor:
     smaller models slower, ran 5 rounds and kept a model 32% under a 25% budget.
 
     A pair cancels the host's level, not all of its noise: a neighbour that thrashes the cache
-    slows the larger model more. Eight single paired readings of one EfficientNet-Lite0 pick
-    against its unpruned model read 0.21-0.27 while the unpruned model alone read 0.79-1.60 ms
-    (BENCHMARKS.md), and one low reading let the loop keep a model on the budget as if it were
-    on the aim. So each round pools the windows of ``reads`` alternating runs (2 s each there)."""
+    slows the larger model more. Eight single paired runs of one EfficientNet-Lite0 pick
+    against its unpruned model read 0.220-0.291 (``tools/paired.py``, BENCHMARKS.md), and one
+    low reading let the loop keep a model on the budget as if it were on the aim. So each round pools the windows of ``reads`` alternating runs (2 s each there)."""
 
     onnx: Path
     level_ms: float
