@@ -85,7 +85,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
                          "(prune trains a baseline itself)")
     budget_ms = prune_budget_ms(budget_ms, s) if budget_ratio is None else None
     cfg, table = s.search_config(config or SearchConfig()), s.table()
-    budget_ms = budget_ms if budget_ratio is None else budget_ratio * table.predict(s.widths(s.model))
+    budget_ms = budget_ms if budget_ratio is None else budget_ratio * table.full_ms
     if objective == "importance":
         return _search(table, s.scores(), budget_ms, cfg)
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
-import statistics
 import sys
 import tempfile
 import time
@@ -109,7 +107,7 @@ def run_prune(job: PruneJob) -> PruneReport | None:
     with stages("profile"):
         table = s.table()
         landed = len(table.landings) if table.landings is not None else None
-        level = table.predict(s.widths(s.model))  # the unpruned model in the table's units
+        level = table.full_ms  # the unpruned model in the table's units
         budget = budget if job.budget_ratio is None else job.budget_ratio * level
         check_feasible(table, s.search_config(job.search), budget)
     job.out.mkdir(parents=True, exist_ok=True)
@@ -147,22 +145,25 @@ def run_prune(job: PruneJob) -> PruneReport | None:
                           "accuracy_recalibrated": ft.recalibrated.accuracy, "accuracy_finetuned": ft.finetuned.accuracy,
                           **({"candidates": result.candidates} if result.candidates else {})})
     pipeline_ranks.announce(run, None)
-    with stages("export"):
-        meta = {"target": s.spec.name, "budget_ms": budget, "widths": result.widths,
-                "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape),
-                **({"budget_ratio": job.budget_ratio} if anchor else {})}
-        art = export_artifact(current, "onnx", job.out / "model.onnx", s.input_shape, meta)
-        device_art = device_artifact(s, current, job.out, meta)
-        save_weights(current, job.out / "model.pt")
     with stages("measure"):
+        final_onnx = export_onnx(current, s.input_shape, Path(work.name) / "final.onnx")
         loop_windows = tuple(result.latency.window_medians_ms) if result.latency is not None else ()
-        measured = measure_final(s.target, baseline_onnx, art.path, budget, loop_windows,
+        measured = measure_final(s.target, baseline_onnx, final_onnx, budget, loop_windows,
                                  level_ms=anchor.level_ms if anchor else None)
         if measured.budget.verdict != "fits":
             print(f"edgeprune: the final model measures {measured.budget.describe()}", file=sys.stderr)
         size_before = baseline_onnx.stat().st_size
         layer_ms = {"before": layer_breakdown(s.target, teacher, s.input_shape, baseline_onnx),
-                    "after": layer_breakdown(s.target, current, s.input_shape, art.path)}
+                    "after": layer_breakdown(s.target, current, s.input_shape, final_onnx)}
+    with stages("export"):
+        # the budget the verdict judged, as run.json and the report hold it: a relative budget's
+        # is in this run's ms (the loop's was in the table's units, which `check` cannot read)
+        meta = {"target": s.spec.name, "budget_ms": measured.budget.budget_ms, "widths": result.widths,
+                "latency_table": table.digest, "model": s.cfg.model, "input_shape": list(s.input_shape),
+                **({"budget_ratio": job.budget_ratio} if anchor else {})}
+        art = export_artifact(current, "onnx", job.out / "model.onnx", s.input_shape, meta)
+        device_art = device_artifact(s, current, job.out, meta)
+        save_weights(current, job.out / "model.pt")
     work.cleanup()
     report = build_report(s, job, PruneOutcome(
         budget_ms=measured.budget.budget_ms, measured=measured, result=result, rounds=rounds, steps=steps, table=table,
@@ -297,8 +298,7 @@ def _verdict(alts: list, budget_ms: float, earlier_ms: tuple[float, ...], level_
     if level_ms is None:
         return budget_verdict([*earlier_ms, *(w for a in alts for w in _windows(a.latencies[1]))], budget_ms)
     base = latency_of([w for a in alts for w in _windows(a.latencies[0])])
-    shares = [*(w / level_ms for w in earlier_ms),
-              *(math.exp(statistics.median(lr)) for a in alts for lr in a.log_ratios if lr)]
+    shares = [*(w / level_ms for w in earlier_ms), *(r for a in alts for r in a.window_ratios)]
     return budget_verdict([x * base for x in shares], budget_ms / level_ms * base)
 
 

@@ -101,7 +101,7 @@ def latency_study(args, batch: int, work: Path, keep: dict) -> dict:
     base_onnx = export_onnx(model, shape, work / f"base-b{batch}.onnx")
     base = target.measure(base_onnx)
     out["unpruned"] = {"median_ms": round(base.median_ms, 4), "p90_ms": round(base.p90_ms, 4),
-                       "predicted_ms": round(table.predict(table.groups), 4)}
+                       "predicted_ms": round(table.full_ms, 4)}
     scores = importances(model, shape)
     keep[batch] = {"model": model, "base_onnx": base_onnx, "shape": shape}
     out["picks"] = {}

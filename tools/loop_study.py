@@ -40,7 +40,7 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
     tmp = Path(tempfile.mkdtemp(prefix="loop-study-"))
     unpruned = export_onnx(s.model, s.input_shape, tmp / "unpruned.onnx")
     start_ms = sorted(s.target.measure(unpruned).median_ms for _ in range(3))[1]
-    level = table.predict(s.widths(s.model))
+    level = table.full_ms
     print(f"unpruned: read {start_ms:.4f} ms, table {level:.4f} ms", flush=True)
     rows = []
     for frac in a.budgets:

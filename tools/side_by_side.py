@@ -89,7 +89,7 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
             planner = ShapePlanner(table, scorer, scfg, s.scores())
             # paired with the unpruned model, in the table's units (edgeprune prune --budget-ratio):
             # the host's drift within the hour drove runs/sbs-eff-25ft's loop through 5 rounds
-            level = table.predict(s.widths(s.model))
+            level = table.full_ms
             anchor = Anchor(Path(state["baseline"]["onnx"]), level) if cfg.get("anchored", True) else None
             r = fit_budget(s.model, s.input_shape, table, planner, s.target, frac * level if anchor else budget,
                            scfg, LoopConfig(), anchor)

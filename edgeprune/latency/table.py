@@ -84,6 +84,11 @@ class LatencyTable:
         """Sum of the per-layer (profiler) times, before calibration to end-to-end."""
         return self.overhead_ms + sum(e.predict(widths) for e in self.layers.values())
 
+    @property
+    def full_ms(self) -> float:
+        """The unpruned model's prediction: the unit a relative budget is a share of."""
+        return self.predict(self.groups)
+
     def predict(self, widths: dict[str, int]) -> float:
         """Predicted end-to-end median latency (ms) of the model at ``widths``, corrected by the
         landings near ``widths`` when the table has any."""

@@ -131,6 +131,11 @@ class Alternation:
         """log(b / a) of every round, by window."""
         return tuple(tuple(math.log(b / a) for a, b in w) for w in self.rounds_ms)
 
+    @property
+    def window_ratios(self) -> tuple[float, ...]:
+        """b / a of every window: the median of its rounds' ratios."""
+        return tuple(math.exp(statistics.median(w)) for w in self.log_ratios if w)
+
 
 def measure_alternating(run_a: Callable[[], object], run_b: Callable[[], object],
                         spec: TimingSpec | None = None, block_s: float = BLOCK_S) -> Alternation:

@@ -113,7 +113,7 @@ def search(table: LatencyTable, scores: dict[str, np.ndarray], budget_ms: float,
     steps += _fill(state, hi, cum, budget_ms, cfg.round_to)
     total_imp = sum(c[-1] for c in cum.values())  # scores of a pruned model cover its own widths
     kept = sum(cum[g][w] for g, w in widths.items()) / total_imp if total_imp else 1.0
-    return SearchResult(dict(widths), table.predict(widths), budget_ms, table.predict(table.groups),
+    return SearchResult(dict(widths), table.predict(widths), budget_ms, table.full_ms,
                         float(kept), steps, time.perf_counter() - t0)
 
 

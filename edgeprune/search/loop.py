@@ -2,7 +2,6 @@
 latency is over budget, tighten the search budget by the measured miss and try again."""
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import tempfile
@@ -67,7 +66,8 @@ class Anchor:
     A pair cancels the host's level, not all of its noise: a neighbour that thrashes the cache
     slows the larger model more. Eight single paired runs of one EfficientNet-Lite0 pick
     against its unpruned model read 0.220-0.291 (``tools/paired.py``, BENCHMARKS.md), and one
-    low reading let the loop keep a model on the budget as if it were on the aim. So each round pools the windows of ``reads`` alternating runs (2 s each there)."""
+    low reading (0.233) let the loop keep a model on the budget as if it were on the aim. So
+    each round pools the windows of ``reads`` alternating runs."""
 
     onnx: Path
     level_ms: float
@@ -233,12 +233,10 @@ def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target
     the table's error, confirmed as it stands."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
-        if anchor is not None:
-            latency = measure_anchored(target, anchor, onnx)
-            off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
-            return latency, False, bool(confirm) and abs(off) > confirm
-        latency = target.measure(onnx)
+        latency = measure_anchored(target, anchor, onnx) if anchor else target.measure(onnx)
         off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
+        if anchor is not None:
+            return latency, False, bool(confirm) and abs(off) > confirm
         if confirm and abs(off) > confirm:
             second = target.measure(onnx)
             again = second.median_ms / predicted_ms - 1
@@ -251,7 +249,7 @@ def measure_anchored(target: Target, anchor: Anchor, onnx: Path) -> Latency:
     every window's paired ratio (median of its rounds) times ``anchor.level_ms``; the median of
     those windows is the reading, and the candidate's own samples are scaled to it."""
     alts = [target.measure_alternating(anchor.onnx, onnx) for _ in range(max(1, anchor.reads))]
-    windows = tuple(anchor.level_ms * math.exp(statistics.median(w)) for a in alts for w in a.log_ratios if w)
+    windows = tuple(anchor.level_ms * r for a in alts for r in a.window_ratios)
     samples = [x for a in alts for x in (a.latencies[1].samples_ms or (a.latencies[1].median_ms,))]
     scale = statistics.median(windows) / statistics.median(samples)
     return replace(Latency.from_samples([x * scale for x in samples]), window_medians_ms=windows)
