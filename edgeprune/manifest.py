@@ -92,7 +92,10 @@ class RunManifest(_Part):
     weights: Weights = Field(default_factory=Weights)
     table: TableRef | None = None
     budget_ms: float = Field(gt=0)
-    artifacts: dict[str, Artifact]                 # "onnx" always; "device" when the target deploys another format
+    budget_ratio: float | None = Field(default=None, gt=0, lt=1)  # --budget-ratio: budget_ms is this share of
+    #                                                the unpruned model's latency in the run's final reading
+    artifacts: dict[str, Artifact]                 # "onnx" always; "device" when the target deploys another
+    #                                                format; "unpruned" (the deployed kind) with budget_ratio
     report: str = "report.json"
 
     @field_validator("weights")
@@ -175,9 +178,11 @@ def stored_path(path: str | Path, run_dir: str | Path) -> str:
 
 
 def for_prune(s, out: Path, budget_ms: float, widths: dict[str, int], table, artifacts: list,
-              objective: str | None, engine: str = "torch-pruning") -> RunManifest:
+              objective: str | None, engine: str = "torch-pruning", budget_ratio: float | None = None,
+              unpruned=None) -> RunManifest:
     """The manifest of a finished prune run: ``s`` its Session, ``artifacts`` the exported
-    files (model.onnx first, then the target's own format when it has one)."""
+    files (model.onnx first, then the target's own format when it has one); a relative run
+    also keeps its ``unpruned`` model, which ``check --run`` reads the share against."""
     from edgeprune import __version__
     target_file = None
     given = s.cfg.target
@@ -197,6 +202,8 @@ def for_prune(s, out: Path, budget_ms: float, widths: dict[str, int], table, art
     arts = {("onnx" if i == 0 else "device"): Artifact(kind=a.kind, path=stored_path(a.path, out),
                                                        size_bytes=a.size_bytes)
             for i, a in enumerate(artifacts)}
+    if unpruned is not None:
+        arts["unpruned"] = Artifact(kind=unpruned.kind, path=stored_path(unpruned.path, out), size_bytes=unpruned.size_bytes)
     return RunManifest(
         edgeprune_version=__version__, model=s.cfg.model, input_size=s.cfg.input_size,
         input_shape=list(s.input_shape), data=data,
@@ -204,4 +211,4 @@ def for_prune(s, out: Path, budget_ms: float, widths: dict[str, int], table, art
         widths=dict(widths), importance=s.cfg.importance, objective=objective, engine=engine,
         weights=Weights(pruned="model.pt", baseline=baseline),
         table=TableRef(hash=table.digest, path=str(table.path) if table.path else None),
-        budget_ms=budget_ms, artifacts=arts)
+        budget_ms=budget_ms, budget_ratio=budget_ratio, artifacts=arts)

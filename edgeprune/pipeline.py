@@ -163,6 +163,7 @@ def run_prune(job: PruneJob) -> PruneReport | None:
                 **({"budget_ratio": job.budget_ratio} if anchor else {})}
         art = export_artifact(current, "onnx", job.out / "model.onnx", s.input_shape, meta)
         device_art = device_artifact(s, current, job.out, meta)
+        unpruned = unpruned_artifact(s, teacher, job.out, meta) if anchor else None
         save_weights(current, job.out / "model.pt")
     work.cleanup()
     report = build_report(s, job, PruneOutcome(
@@ -172,8 +173,10 @@ def run_prune(job: PruneJob) -> PruneReport | None:
         size_before=size_before, history=history, layer_ms=layer_ms, stage_seconds=stages.seconds))
     report.charts = write_charts(report, job.out)
     write_report(report, job.out)
-    manifest.for_prune(s, job.out, measured.budget.budget_ms, result.widths, table, [art, *([device_art] if device_art else [])],
-                       result.search.objective, job.engine or "torch-pruning").write(job.out)  # last: its presence means the run finished
+    arts = [art, *([device_art] if device_art else [])]
+    manifest.for_prune(s, job.out, measured.budget.budget_ms, result.widths, table, arts, result.search.objective,
+                       job.engine or "torch-pruning", job.budget_ratio if anchor else None,
+                       unpruned).write(job.out)  # last: its presence means the run finished
     for done in [*job.out.glob("finetune*.ckpt"), *job.out.glob("step*.json")]:
         done.unlink()
     return report
@@ -314,6 +317,16 @@ def device_artifact(s, model, out: Path, meta: dict):
     if kind == "onnx":
         return None
     return export_artifact(model, kind, out / f"model{KINDS[kind].suffix}", s.input_shape, meta)
+
+
+def unpruned_artifact(s, model, out: Path, meta: dict):
+    """A relative run's yardstick: the unpruned ``model`` in the kind the run deploys, which
+    ``check --run`` measures the share against in pairs. Its metadata names no budget: checked
+    on its own it is not held to the pruned model's."""
+    from edgeprune.artifacts.export import KINDS, export_artifact
+    kind = s.target.artifact_kind()
+    meta = {k: v for k, v in meta.items() if k in ("target", "model", "input_shape")}
+    return export_artifact(model, kind, out / f"unpruned{KINDS[kind].suffix}", s.input_shape, meta)
 
 
 def _key(*parts) -> str:

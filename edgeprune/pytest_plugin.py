@@ -28,7 +28,7 @@ def assert_latency(model_or_onnx, target: str | None = None, budget_ms: float | 
     """Measure ``model_or_onnx`` (an ONNX/.ort file, a model name edgeprune knows, or an
     ``nn.Module``) on ``target`` and raise AssertionError if its latency exceeds ``budget_ms``
     (default: the target file's budget for the model). Returns the measured latency in ms."""
-    from edgeprune.checks.baseline import check_budget
+    from edgeprune.checks.budget import check_budget
     from edgeprune.checks.check import run_check
     from edgeprune.checks.request import CheckRequest, Mode
     from edgeprune.errors import UsageError

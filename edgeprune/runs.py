@@ -38,6 +38,8 @@ class Run:
     report: PruneReport | None = None            # report.json (None when the run has none)
     manifest: RunManifest | None = None          # None: a run made before run.json
     data_root: str | None = None
+    budget_ratio: float | None = None            # prune --budget-ratio: budget_ms was this share ...
+    unpruned: Path | None = None                 # ... of this model's latency (artifact's kind), read in pairs
 
     @property
     def artifact(self) -> Path:
@@ -65,12 +67,13 @@ def read_run(run: str | Path, finished: bool = True) -> Run:
 
 
 def _from_manifest(run: Path, m: RunManifest) -> Run:
-    device = m.artifacts.get("device")
+    device, unpruned = m.artifacts.get("device"), m.artifacts.get("unpruned")
     report_path = m.path(run, m.report)
     return Run(run, m.model, dict(m.widths), m.input_size, m.target.ref, m.data.source if m.data else None,
                m.budget_ms, m.path(run, m.weights.pruned), m.path(run, m.artifacts["onnx"].path),
                m.path(run, device.path) if device else None, device.kind if device else None,
-               load_report(report_path) if report_path.exists() else None, m, m.data.root if m.data else None)
+               load_report(report_path) if report_path.exists() else None, m, m.data.root if m.data else None,
+               m.budget_ratio, m.path(run, unpruned.path) if unpruned else None)
 
 
 def _from_report(run: Path, report: PruneReport, finished: bool) -> Run:

@@ -155,7 +155,7 @@ BASE = tuple(1 + 0.002 * k for k in range(20))
 
 
 def verdict(measure, budget_ms=None, confirm=True):
-    from edgeprune.checks.baseline import Budget
+    from edgeprune.checks.budget import Budget
     from edgeprune.checks.check import CheckResult, judge
     res = CheckResult("m.onnx", "t", budget=Budget(budget_ms, "test") if budget_ms else None)
     judge(res, measure, BASE, 0.05, confirm)

@@ -5,12 +5,13 @@ prune, and three epochs of fine-tuning left them tied (BENCHMARKS.md, session 11
 question over more shapes than two: edgeprune's pick, the uniform shape and ``--random`` random
 shapes, each put on the pick's *predicted* latency (``fit_shape``), are scored as the search
 scores a candidate (BN re-estimation alone, and after ``--finetune-steps`` distillation steps),
-then fine-tuned with the run's recipe (one seed: ``side_by_side.py``'s own worker). Spearman's
-rank correlation of each score with the fine-tuned accuracy says whether the score can choose
-between shapes there. Scores and results are kept in RUN/proxy-rank.json and RUN/results, so an
+then fine-tuned with the run's recipe (``side_by_side.py``'s own worker) once per ``--seeds``.
+Spearman's rank correlation of each score with the fine-tuned accuracy (mean over seeds) says
+whether the score can choose between shapes there; with one seed the truth it is ranked against
+carries the fine-tune's own seed noise (0.78 points apart for one model, session 11). Scores and results are kept in RUN/proxy-rank.json and RUN/results, so an
 interrupted study resumes.
 
-    python tools/proxy_rank.py --run runs/sbs-eff-25ft2 --budget 0.25 --random 5 --jobs 2
+    python tools/proxy_rank.py --run runs/sbs-eff-25ft2 --budget 0.25 --random 5 --jobs 2 [--seeds 0 1 2]
 """
 from __future__ import annotations
 
@@ -62,29 +63,33 @@ def score_all(s, run: Path, widths: dict[str, dict[str, int]], steps: int, state
                 save(run, state)
 
 
-def finetune_all(cfg: dict, run: Path, state: dict, jobs: int) -> None:
+def finetune_all(cfg: dict, run: Path, state: dict, jobs: int, seeds: list[int]) -> None:
     from side_by_side import _finetune_task, _init_worker
-    tasks = [("rank", name, 0, row) for name, row in state["shapes"].items()
-             if not (run / "results" / f"rank-{name}-s0.json").exists()]
+    tasks = [("rank", name, seed, row) for seed in seeds for name, row in state["shapes"].items()
+             if not (run / "results" / f"rank-{name}-s{seed}.json").exists()]
     print(f"{len(tasks)} fine-tunes to run", flush=True)
     with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(cfg,)) as pool:
         for line in pool.map(_finetune_task, tasks):
             print(line, flush=True)
 
 
-def report(run: Path, state: dict) -> str:
+def report(run: Path, state: dict, seeds: list[int]) -> str:
+    """A row per shape with every seed fine-tuned; rho against the mean over ``seeds``."""
+    import statistics
+
     from scipy.stats import spearmanr
     rows = []
     for name, row in state["shapes"].items():
-        res = run / "results" / f"rank-{name}-s0.json"
-        if res.exists():
-            rows.append((name, row, json.loads(res.read_text())["finetuned"]))
+        res = [run / "results" / f"rank-{name}-s{seed}.json" for seed in seeds]
+        if all(r.exists() for r in res):
+            accs = [json.loads(r.read_text())["finetuned"] for r in res]
+            rows.append((name, row, statistics.mean(accs), accs))
     keys = [k for k in rows[0][1] if k not in ("widths", "weights", "predicted_ms")] if rows else []
-    lines = ["| shape | predicted | " + " | ".join(keys) + " | after fine-tune (seed 0) |",
-             "|---|---|" + "---|" * len(keys) + "---|"]
-    for name, row, acc in sorted(rows, key=lambda r: -r[2]):
+    lines = ["| shape | predicted | " + " | ".join(keys) + f" | after fine-tune, seeds {' / '.join(map(str, seeds))} | mean |",
+             "|---|---|" + "---|" * len(keys) + "---|---|"]
+    for name, row, acc, accs in sorted(rows, key=lambda r: -r[2]):
         lines.append(f"| {name} | {row['predicted_ms']:.4f} ms | " + " | ".join(f"{row[k]:.1%}" for k in keys)
-                     + f" | {acc:.2%} |")
+                     + " | " + " / ".join(f"{x:.2%}" for x in accs) + f" | {acc:.2%} |")
     for k in keys:
         rho = spearmanr([r[1][k] for r in rows], [r[2] for r in rows]).statistic if len(rows) > 2 else float("nan")
         lines.append(f"\nSpearman's rho, {k} against the fine-tuned accuracy: {rho:+.2f} (n = {len(rows)})")
@@ -105,6 +110,7 @@ def main() -> int:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="seed of the random shapes")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune seeds per shape")
     a = p.parse_args()
     if a.random < 0 or a.finetune_steps < 1 or a.jobs < 1:
         p.error("--random >= 0, --finetune-steps >= 1, --jobs >= 1")
@@ -133,8 +139,8 @@ def main() -> int:
     for row in state["shapes"].values():
         row["predicted_ms"] = table.predict(row["widths"])
     save(run, state)
-    finetune_all(cfg, run, state, a.jobs)
-    text = report(run, state)
+    finetune_all(cfg, run, state, a.jobs, a.seeds)
+    text = report(run, state, a.seeds)
     (run / "proxy-rank.md").write_text(text + "\n")
     print(text)
     return 0

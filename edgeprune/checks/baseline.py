@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeprune.errors import UsageError, budget_ms_or_raise
+from edgeprune.errors import UsageError
 from edgeprune.runtime.base import fingerprint_mismatches
 
 SCHEMA_VERSION = 1
@@ -134,28 +134,6 @@ def frozen_artifact(base: Baseline, baseline_path: Path, notes: list[str]) -> Pa
         notes.append(f"the baseline's copy of its artifact, {copy}, has changed since it was recorded")
         return None
     return copy
-
-
-@dataclass(frozen=True)
-class Budget:
-    ms: float
-    source: str
-
-
-def check_budget(budget_ms: float | None, spec, meta: dict, source: str | None = None) -> Budget | None:
-    """An explicit budget, else the target file's budget for the artifact's model, else the
-    budget the artifact was pruned to (when it was pruned for this target)."""
-    if budget_ms is not None:
-        return Budget(budget_ms_or_raise(budget_ms), source or "--budget-ms")
-    model = meta.get("model")
-    if model and spec.budget_for(model) is not None:
-        return Budget(float(spec.budget_for(model)), f"target {spec.name} budgets_ms.{model}")
-    if meta.get("budget_ms") and meta.get("target") == spec.name:
-        try:
-            return Budget(float(json.loads(meta["budget_ms"])), "artifact metadata (its pruning budget)")
-        except (TypeError, ValueError):
-            return None
-    return None
 
 
 def artifact_metadata(path: Path) -> dict:

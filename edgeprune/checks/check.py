@@ -30,9 +30,7 @@ from typing import Callable
 
 from edgeprune.checks.baseline import (
     Baseline,
-    Budget,
     artifact_metadata,
-    check_budget,
     check_same_artifact,
     default_path,
     describe_mismatch,
@@ -42,6 +40,7 @@ from edgeprune.checks.baseline import (
     mismatches,
     record,
 )
+from edgeprune.checks.budget import Budget, check_budget, over, reading
 from edgeprune.checks.comparison import (  # noqa: F401
     CONFIDENCE,
     DEFAULT_TOLERANCE,
@@ -51,45 +50,24 @@ from edgeprune.checks.comparison import (  # noqa: F401
     compare_paired,
     latency_of,
 )
+from edgeprune.checks.measure import (  # noqa: F401  (re-exported: check.Attempt, check.check_timing)
+    PAIRED_SESSIONS,
+    SESSIONS,
+    Attempt,
+    check_timing,
+    measure_attempt,
+    measure_pair,
+    with_share,
+)
 from edgeprune.checks.request import CheckRequest, Mode
 from edgeprune.errors import UsageError
 from edgeprune.runtime.base import MAX_BUSY_SHARE, too_busy
 
-SESSIONS = 2                # sessions per measurement
-CHECK_WINDOWS = 10          # windows per measurement, spread over the sessions
-PAIRED_SESSIONS = 4         # a paired measurement: more, shorter sessions, since each compilation
-PAIRED_WINDOWS = 3          # places the weights anew (session SD 0.5-2%, tools/study_alternation.py)
 BASELINE_MEASUREMENTS = 2   # a baseline pools this many measurements (4 sessions, 20 windows)
 RETRIES = 2                 # extra measurements to replace disturbed ones
 RETRY_PAUSE_S = 5.0
 VERDICT = (f"regression = ratio > 1 + tolerance and CI above 1, in a first and a confirming "
            f"measurement, each waiting for the CPU <= {MAX_BUSY_SHARE:.0%} of its time")
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One measurement (fresh sessions) and its comparison with the baseline."""
-
-    latency_ms: float
-    median_ms: float               # the least-disturbed window's median (what `measure` reports)
-    p90_ms: float
-    windows_ms: tuple[float, ...]
-    samples_ms: tuple[float, ...] = field(default=(), repr=False)
-    cpu_wait: float | None = None  # share of its time the measuring thread waited for a CPU
-    comparison: Comparison | None = None
-    reference_windows_ms: tuple[float, ...] = ()   # the old artifact's, in a paired measurement
-
-    @property
-    def disturbed(self) -> bool:
-        return too_busy(self.cpu_wait)
-
-    def to_dict(self) -> dict:
-        d = {"latency_ms": round(self.latency_ms, 5), "median_ms": round(self.median_ms, 5),
-             "p90_ms": round(self.p90_ms, 5), "cpu_wait": self.cpu_wait, "disturbed": self.disturbed,
-             "windows_ms": [round(w, 5) for w in self.windows_ms]}
-        if self.reference_windows_ms:
-            d["reference_windows_ms"] = [round(w, 5) for w in self.reference_windows_ms]
-        return {**d, **({"comparison": self.comparison.to_dict()} if self.comparison else {})}
 
 
 @dataclass
@@ -122,6 +100,7 @@ class CheckResult:
                 "regression": self.regression, "over_budget": self.over_budget,
                 "incomparable": {k: list(v) for k, v in self.incomparable.items()},
                 "budget_ms": self.budget.ms if self.budget else None,
+                "budget_share": self.budget.share if self.budget else None,
                 "budget_source": self.budget.source if self.budget else None,
                 "attempts": [a.to_dict() for a in self.attempts], "seconds": round(self.seconds, 2)}
 
@@ -131,35 +110,6 @@ def exit_code(results: list[CheckResult]) -> int:
     if any(r.status == "error" for r in results):
         return 2
     return 1 if any(r.status in ("fail", "inconclusive") for r in results) else 0
-
-
-# --- measuring ---------------------------------------------------------------------------------
-
-def check_timing(timing):
-    """The target's timing protocol per session, with enough windows for CHECK_WINDOWS in all."""
-    return timing.model_copy(update={"windows": max(timing.windows, -(-CHECK_WINDOWS // SESSIONS))})
-
-
-def measure_attempt(target, path, timing, sessions: int = SESSIONS) -> Attempt:
-    """One measurement: ``sessions`` fresh sessions of the target, their windows pooled."""
-    lats, wait = target.with_busy_share(lambda: [target.measure(path, timing) for _ in range(sessions)])
-    windows = tuple(w for lat in lats for w in (lat.window_medians_ms or (lat.median_ms,)))
-    best = min(lats, key=lambda lat: lat.median_ms)
-    return Attempt(latency_of(windows), best.median_ms, best.p90_ms, windows, tuple(best.samples_ms), wait)
-
-
-def measure_pair(target, reference, candidate, timing, tolerance: float, sessions: int = PAIRED_SESSIONS) -> Attempt:
-    """Reference and candidate in alternating short blocks, in ``sessions`` fresh pairs of
-    sessions of ``PAIRED_WINDOWS`` windows; the candidate's Attempt carries the paired comparison."""
-    timing = timing.model_copy(update={"windows": PAIRED_WINDOWS})
-    alts, wait = target.with_busy_share(lambda: [target.measure_alternating(reference, candidate, timing)
-                                        for _ in range(sessions)])
-    ref, cand = ([w for a in alts for w in a.latencies[i].window_medians_ms] for i in (0, 1))
-    comparison = compare_paired([w for a in alts for w in a.log_ratios], latency_of(ref), latency_of(cand),
-                                tolerance)
-    best = min((a.latencies[1] for a in alts), key=lambda lat: lat.median_ms)
-    return Attempt(latency_of(cand), best.median_ms, best.p90_ms, tuple(cand), tuple(best.samples_ms), wait,
-                   comparison, tuple(ref))
 
 
 # --- the check ---------------------------------------------------------------------------------
@@ -195,6 +145,11 @@ class _Subject:
     meta: dict
     bpath: Path
     fingerprint: dict
+    budget: Budget | None = None
+
+    def with_share(self, measure: Callable[[], Attempt]) -> Callable[[], Attempt]:
+        """``measure``, and under a relative budget the share after it (``measure.with_share``)."""
+        return with_share(self.target, self.path, self.budget, measure)
 
 
 def run_check(request: CheckRequest) -> CheckResult:
@@ -212,15 +167,17 @@ def run_check(request: CheckRequest) -> CheckResult:
     tgt = get_target(request.target or meta.get("target") or "ort-cpu")
     bpath = Path(request.baseline) if request.baseline else default_path(tgt.spec.name, path, request.baseline_root)
     res = CheckResult(str(request.artifact), tgt.spec.name, str(bpath))
-    res.budget = check_budget(request.budget_ms, tgt.spec, meta, request.budget_source)
-    _MODES[request.mode](res, request, _Subject(tgt, path, meta, bpath, tgt.fingerprint()))
+    res.budget = check_budget(request.budget_ms, tgt.spec, meta, request.budget_source, request.budget_ratio,
+                              request.unpruned)
+    if res.budget is not None and res.budget.unpruned is not None:
+        artifact_metadata(res.budget.unpruned)  # a missing or corrupt yardstick is bad input
+    _MODES[request.mode](res, request, _Subject(tgt, path, meta, bpath, tgt.fingerprint(), res.budget))
     update = request.mode is Mode.UPDATE
     res.latency_ms = res.baseline_ms if update else min(a.latency_ms for a in res.attempts)
     if res.budget is None:
         res.notes.append("no budget (none given, none in the target file for this model)")
     if res.over_budget:
-        over = res.latency_ms if update else min(a.latency_ms for a in res.attempts if _over(res.budget, a))
-        res.problems.append(f"over budget: {over:.4f} ms > {res.budget.ms:.4f} ms ({res.budget.source})")
+        res.problems.append(f"over budget: {_least_over(res, update)} > {res.budget.describe()} ({res.budget.source})")
     if res.status != "inconclusive":
         res.status = "fail" if res.problems else ("updated" if update else "pass")
     res.seconds = time.perf_counter() - t0
@@ -234,7 +191,7 @@ def _against_reference(res: CheckResult, req: CheckRequest, s: _Subject) -> None
     res.baseline = str(ref)
     res.notes.append(f"same-run comparison with {ref} (alternating blocks in one run)")
     tgt, tol = s.target, req.tolerance
-    judge(res, lambda: measure_pair(tgt, ref, s.path, tgt.spec.timing, tol), None, tol, req.confirm)
+    judge(res, s.with_share(lambda: measure_pair(tgt, ref, s.path, tgt.spec.timing, tol)), None, tol, req.confirm)
     res.baseline_ms = res.comparison.baseline_ms if res.comparison else None
 
 
@@ -248,7 +205,12 @@ def _update(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
     record(s.path, s.meta, s.target.spec.name, s.fingerprint, timing.model_dump(), SESSIONS, used,
            res.baseline_ms, frozen).save(s.bpath)
     res.notes.append(f"baseline written to {s.bpath}, with a frozen copy of the artifact beside it")
-    res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
+    if res.budget is not None and res.budget.share is not None:
+        last = res.attempts[-1]  # a baseline records ms; the share is read once, beside it
+        res.attempts[-1] = s.with_share(lambda: last)()
+        res.over_budget = over(res.budget, res.attempts[-1])
+    else:
+        res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
 
 
 def _against_baseline(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
@@ -266,13 +228,13 @@ def _against_baseline(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
     timing = _timing(base, bpath)
     old = None if req.absolute or res.incomparable else frozen_artifact(base, bpath, res.notes)
     if old is not None:  # the baseline's own artifact runs here: compare in one run
-        judge(res, lambda: measure_pair(tgt, old, s.path, timing, tol), None, tol, req.confirm)
+        judge(res, s.with_share(lambda: measure_pair(tgt, old, s.path, timing, tol)), None, tol, req.confirm)
         _note_drift(res, base, tol)
         return
     if not req.absolute and not res.incomparable:
         res.notes.append("absolute comparison with the baseline's recorded numbers: on a shared "
                          "host its drift between the two dates is part of the ratio")
-    judge(res, lambda: measure_attempt(tgt, s.path, timing, base.sessions),
+    judge(res, s.with_share(lambda: measure_attempt(tgt, s.path, timing, base.sessions)),
           base.windows if req.allow_mismatch or not res.incomparable else None, tol, req.confirm)
 
 
@@ -283,7 +245,7 @@ def _budget_only(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
                          "the target file's budgets_ms")
     res.baseline = None
     timing = check_timing(s.target.spec.timing)
-    judge(res, lambda: measure_attempt(s.target, s.path, timing), None, req.tolerance, req.confirm)
+    judge(res, s.with_share(lambda: measure_attempt(s.target, s.path, timing)), None, req.tolerance, req.confirm)
 
 
 _MODES = {Mode.BASELINE: _against_baseline, Mode.REFERENCE: _against_reference, Mode.UPDATE: _update,
@@ -325,12 +287,12 @@ def judge(res: CheckResult, measure: Callable[[], Attempt], baseline_windows, to
     if len(clean) < needed:
         res.status = "inconclusive"
         what = (res.comparison.describe() if res.comparison and res.comparison.regression
-                else f"{last.latency_ms:.4f} ms against a budget of {res.budget.ms:.4f} ms")
+                else f"{reading(res.budget, last)} against a budget of {res.budget.describe()}")
         res.problems.append(f"inconclusive: the machine stayed too busy to confirm the failure ({what}); "
                             "run again when it is quieter")
         return
     res.regression = all(x.comparison is not None and x.comparison.regression for x in clean)
-    res.over_budget = all(_over(res.budget, x) for x in clean)
+    res.over_budget = all(over(res.budget, x) for x in clean)
     if res.regression:
         how = " in both measurements" if needed > 1 else ""
         res.problems.append(f"regression{how}: {clean[-1].comparison.describe()}")
@@ -354,11 +316,15 @@ def _baseline_attempts(res: CheckResult, measure: Callable[[], Attempt]) -> list
 
 
 def _flagged(a: Attempt, budget: Budget | None) -> bool:
-    return (a.comparison is not None and a.comparison.regression) or _over(budget, a)
+    return (a.comparison is not None and a.comparison.regression) or over(budget, a)
 
 
-def _over(budget: Budget | None, a: Attempt) -> bool:
-    return budget is not None and a.latency_ms > budget.ms
+def _least_over(res: CheckResult, update: bool) -> str:
+    """The over-budget reading the problem names: the least over of the measurements that were."""
+    if update and (res.budget is None or res.budget.share is None):
+        return f"{res.latency_ms:.4f} ms"
+    return reading(res.budget, min((a for a in res.attempts if over(res.budget, a)),
+                                    key=lambda a: a.share if res.budget.share is not None else a.latency_ms))
 
 
 def _timing(base: Baseline, bpath: Path):

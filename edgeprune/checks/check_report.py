@@ -18,7 +18,7 @@ def render(results: list[CheckResult]) -> str:
         c = r.comparison
         rows.append((r.artifact, r.target, _fmt(r.baseline_ms), _fmt(r.latency_ms),
                      f"{c.ratio:.3f}" if c else "-", f"[{c.low:.3f}, {c.high:.3f}]" if c else "-",
-                     _fmt(r.budget.ms if r.budget else None), r.status.upper()))
+                     _budget(r), r.status.upper()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     for r in results:
@@ -48,6 +48,13 @@ def junit_cases(results: list[CheckResult]) -> list:
                               error=message if r.status in ("error", "inconclusive") else None,
                               output=render([r])))
     return cases
+
+
+def _budget(r: CheckResult) -> str:
+    """The budget column: ms, or a relative budget's share of the unpruned model ("0.25x unpruned")."""
+    if r.budget is not None and r.budget.share is not None:
+        return f"{r.budget.share:g}x unpruned"
+    return _fmt(r.budget.ms if r.budget else None)
 
 
 def _fmt(ms: float | None) -> str:

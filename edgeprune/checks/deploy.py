@@ -9,6 +9,9 @@ checks:
   - artifact: runs/r18/model.onnx
     target: [ort-cpu, board-a]    # one name/YAML path, or a list (one check per target)
     budget_ms: 0.30               # optional: else the target file's budget for the model
+  - artifact: runs/r18-half/model.onnx
+    budget_ratio: 0.5             # or: at most this share of an unpruned model's latency,
+    unpruned: runs/r18-half/unpruned.onnx   # read in pairs with it (prune --budget-ratio keeps it)
     baseline: profiles/{target}/r18.json   # optional: default profiles/TARGET/baseline-STEM.json
     tolerance: 0.03               # optional
 ```
@@ -40,6 +43,8 @@ class Entry(BaseModel):
     artifact: str
     target: str | list[str] | None = None
     budget_ms: float | None = Field(None, gt=0)
+    budget_ratio: float | None = Field(None, gt=0, lt=1)
+    unpruned: str | None = None
     baseline: str | None = None
     tolerance: float | None = Field(None, ge=0, lt=1)
 
@@ -59,6 +64,8 @@ class DeployCheck:
     budget_ms: float | None
     baseline: str | None
     tolerance: float | None
+    budget_ratio: float | None = None
+    unpruned: str | None = None
 
 
 def load_deploy(path: str | os.PathLike) -> list[DeployCheck]:
@@ -89,7 +96,8 @@ def requests(base: CheckRequest) -> list[CheckRequest]:
     profiles/ beside the deploy file, so the file's checks find them from any directory."""
     root = Path(base.deploy).parent / "profiles"
     return [replace(base, deploy=None, artifact=c.artifact, target=c.target, baseline=c.baseline,
-                    budget_ms=c.budget_ms, budget_source="deploy file", baseline_root=root,
+                    budget_ms=c.budget_ms, budget_ratio=c.budget_ratio, unpruned=c.unpruned,
+                    budget_source="deploy file", baseline_root=root,
                     tolerance=c.tolerance if c.tolerance is not None else base.tolerance)
             for c in load_deploy(base.deploy)]
 
@@ -108,7 +116,8 @@ def _expand(spec: DeployFile, root: Path) -> list[DeployCheck]:
             name = Path(t).stem if t and _is_path(t) else t
             baseline = str(_resolve(root, e.baseline.replace("{target}", name or "default"))) if e.baseline else None
             out.append(DeployCheck(str(_resolve(root, e.artifact)), target, e.budget_ms, baseline,
-                                   e.tolerance if e.tolerance is not None else spec.defaults.tolerance))
+                                   e.tolerance if e.tolerance is not None else spec.defaults.tolerance,
+                                   e.budget_ratio, str(_resolve(root, e.unpruned)) if e.unpruned else None))
     return out
 
 

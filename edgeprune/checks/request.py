@@ -49,6 +49,8 @@ class CheckRequest:
     baseline_root: str | Path = "profiles"
     budget_ms: float | None = None       # None: the target file's or the artifact's own budget
     budget_source: str | None = None     # what the report names as the budget's origin
+    budget_ratio: float | None = None    # instead of budget_ms: this share of ``unpruned``'s latency
+    unpruned: str | None = None          # the unpruned model a relative budget is read against, in pairs
     tolerance: float = DEFAULT_TOLERANCE
     allow_mismatch: bool = False
     confirm: bool = True
@@ -91,11 +93,15 @@ class CheckRequest:
             return [self]
         from edgeprune.runs import read_run
         r = read_run(self.run)
-        budget_ms, source = self.budget_ms, self.budget_source
-        if budget_ms is None and r.budget_ms is not None:
+        budget_ms, source, share = self.budget_ms, self.budget_source, {}
+        if budget_ms is None and r.budget_ratio is not None and r.unpruned is not None:
+            # a relative run is judged as it was pruned: a share of its unpruned model, read in
+            # pairs, which a host that drifted since the run cannot fool (its ms can)
+            share, source = {"budget_ratio": r.budget_ratio, "unpruned": str(r.unpruned)}, f"run {self.run}"
+        elif budget_ms is None and r.budget_ms is not None:
             budget_ms, source = r.budget_ms, f"run {self.run}"
         return [replace(self, run=None, artifact=self.artifact or str(r.artifact), target=self.target or r.target,
-                        budget_ms=budget_ms, budget_source=source)]
+                        budget_ms=budget_ms, budget_source=source, **share)]
 
 
 def _refuse(r: CheckRequest) -> None:
@@ -119,5 +125,9 @@ def _refuse(r: CheckRequest) -> None:
         raise UsageError(f"reference= is the old artifact of mode 'reference', not of mode '{r.mode.value}'")
     if r.mode is Mode.REFERENCE and not r.reference:
         raise UsageError("mode 'reference' compares with an old artifact: give it (--reference OLD_ARTIFACT)")
+    if r.budget_ratio is not None and (r.budget_ms is not None or r.unpruned is None
+                                       or not 0 < r.budget_ratio < 1):
+        raise UsageError(f"a relative budget is a share in (0, 1) of an unpruned model's latency, with that "
+                         f"model and no --budget-ms (got {r.budget_ratio}, unpruned {r.unpruned})")
     if r.mode is Mode.BUDGET and r.absolute:
         raise UsageError("a budget-only check compares with no baseline; it takes no --absolute")
