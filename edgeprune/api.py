@@ -146,21 +146,26 @@ def quantize(run: str | Path, target: str | None = None, data: str | None = None
 def check(artifact: str | CheckRequest | None = None, target: str | None = None, baseline: str | None = None,
           tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
           allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None,
-          reference: str | None = None, absolute: bool = False, run: str | None = None) -> list:
+          reference: str | None = None, absolute: bool = False, run: str | None = None,
+          budget_ratio: float | None = None, unpruned: str | None = None) -> list:
     """Check an artifact's latency on ``target`` against its baseline and budget (``update``:
     write the baseline instead), or every check of a ``deploy`` file. The old artifact (the
     baseline's frozen copy, or ``reference``) runs in turn with the new one in one run;
     ``absolute`` compares with the baseline's recorded numbers instead. Returns one
     ``check.CheckResult`` per (artifact, target); ``check.exit_code(results)`` is the CLI's code.
     ``run``: a prune output directory; its run.json names the artifact, target and budget.
+    ``budget_ratio``: instead of ``budget_ms``, at most this share of ``unpruned``'s latency, read
+    in pairs with it (what ``run`` gives for a run pruned with ``budget_ratio``).
     ``artifact`` may instead be a whole ``CheckRequest`` (what the CLI passes), with no other
     argument. Contradictory arguments and a single check's bad input raise UsageError; in a
     deploy file an entry's bad input becomes that check's error."""
     from edgeprune.checks.check import run_checks
     if isinstance(artifact, CheckRequest):
         if (target, baseline, tolerance, budget_ms, update, allow_mismatch, confirm, deploy, reference,
-                absolute, run) != (None, None, None, None, False, False, True, None, None, False, None):
+                absolute, run, budget_ratio, unpruned) != (None, None, None, None, False, False, True, None, None,
+                                                           False, None, None, None):
             raise TypeError("check(request) takes no other arguments: they are the request's fields")
         return run_checks(artifact)
     return run_checks(CheckRequest.from_flags(artifact, target, baseline, tolerance, budget_ms, update,
-                                              allow_mismatch, confirm, deploy, reference, absolute, run))
+                                              allow_mismatch, confirm, deploy, reference, absolute, run,
+                                              budget_ratio, unpruned))

@@ -214,7 +214,8 @@ def cmd_check(a) -> int:
     from edgeprune.checks.request import CheckRequest
     results = check(CheckRequest.from_flags(a.artifact, a.target, a.baseline, a.tolerance, a.budget_ms, a.update,
                                             a.allow_mismatch, not a.no_confirm, deploy=a.all, run=a.run,
-                                            reference=a.reference, absolute=a.absolute))  # refuses contradictions
+                                            reference=a.reference, absolute=a.absolute, budget_ratio=a.budget_ratio,
+                                            unpruned=a.unpruned))  # refuses contradictions
     if a.junit:
         from edgeprune.checks.junit import write
         write(junit_cases(results), a.junit, suite="edgeprune check")
@@ -371,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", help="baseline file (default profiles/TARGET/baseline-STEM.json)")
     c.add_argument("--tolerance", type=number, help="slowdown tolerated as a fraction (default 0.05)")
     c.add_argument("--budget-ms", type=number, help="budget (default: the target file's for the model)")
+    c.add_argument("--budget-ratio", type=number, metavar="SHARE",
+                   help="instead: at most this share of --unpruned's latency, the two run in alternating blocks "
+                        "(a --budget-ratio run's check --run does this by itself)")
+    c.add_argument("--unpruned", metavar="FILE", help="the unpruned model a --budget-ratio is a share of")
     c.add_argument("--update", action="store_true", help="measure and (over)write the baseline")
     c.add_argument("--reference", metavar="OLD_ARTIFACT",
                    help="compare with this artifact measured in turn in the same run (robust on a noisy "

@@ -80,10 +80,24 @@ def test_a_model_over_its_share_fails_with_the_share_named(relative, tmp_path, m
     code = cli.main(["check", "--run", str(relative["out"]), "--baseline", "c.json", "--update"])
     out = capsys.readouterr().out
     assert code == 0 and f"{RATIO:g}x unpruned" in out
+    code = cli.main(["check", str(r.onnx), "--target", str(relative["target"]), "--baseline", "d.json", "--update",
+                     "--budget-ratio", "0.05", "--unpruned", str(r.unpruned)])
+    out = capsys.readouterr().out
+    assert code == 1 and "0.05x unpruned" in out and "of the unpruned model's latency" in out
+
+
+@pytest.mark.parametrize("flags", [["--budget-ratio", "0.5"], ["--unpruned", "u.onnx"],
+                                   ["--budget-ratio", "0.5", "--unpruned", "u.onnx", "--budget-ms", "1"],
+                                   ["--budget-ratio", "1", "--unpruned", "u.onnx"]])
+def test_check_refuses_a_half_given_relative_budget_in_one_line(flags, tmp_path, capsys):
+    code = cli.main(["check", str(tmp_path / "m.onnx"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "relative budget" in err
 
 
 @pytest.mark.parametrize("fields, fragment", [
-    ({"budget_ratio": 0.5}, "with that model"),
+    ({"budget_ratio": 0.5}, "give both"),
+    ({"unpruned": "u.onnx"}, "give both"),
     ({"budget_ratio": 1.5, "unpruned": "u.onnx"}, "share in (0, 1)"),
     ({"budget_ratio": 0.5, "unpruned": "u.onnx", "budget_ms": 1.0}, "no --budget-ms"),
 ])

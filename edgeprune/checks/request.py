@@ -68,14 +68,16 @@ class CheckRequest:
     def from_flags(cls, artifact: str | None = None, target: str | None = None, baseline: str | None = None,
                    tolerance: float | None = None, budget_ms: float | None = None, update: bool = False,
                    allow_mismatch: bool = False, confirm: bool = True, deploy: str | None = None,
-                   reference: str | None = None, absolute: bool = False, run: str | None = None) -> CheckRequest:
+                   reference: str | None = None, absolute: bool = False, run: str | None = None,
+                   budget_ratio: float | None = None, unpruned: str | None = None) -> CheckRequest:
         """The command line's flags as a request: ``--update`` and ``--reference`` become the
         mode. Both at once is not resolved here but refused by the validation, like every
         other contradiction."""
         mode = Mode.UPDATE if update else Mode.REFERENCE if reference else Mode.BASELINE
         return cls(artifact, target, mode, reference, absolute, baseline, budget_ms=budget_ms,
                    tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                   allow_mismatch=allow_mismatch, confirm=confirm, deploy=deploy, run=run)
+                   allow_mismatch=allow_mismatch, confirm=confirm, deploy=deploy, run=run,
+                   budget_ratio=budget_ratio, unpruned=unpruned)
 
     @property
     def update(self) -> bool:
@@ -115,8 +117,8 @@ def _refuse(r: CheckRequest) -> None:
     if r.deploy is not None:
         if r.reference:
             raise UsageError("--reference compares one artifact with another; it does not combine with --all")
-        if r.target or r.baseline or r.budget_ms is not None:
-            raise UsageError("--target, --baseline and --budget-ms belong in the deploy file's checks, "
+        if r.target or r.baseline or r.budget_ms is not None or r.budget_ratio is not None or r.unpruned:
+            raise UsageError("--target, --baseline and the budget flags belong in the deploy file's checks, "
                              "not with --all")
     if r.reference and (r.mode is Mode.UPDATE or r.absolute):
         raise UsageError("--reference compares two artifacts in one run; it takes neither --update nor "
@@ -125,9 +127,9 @@ def _refuse(r: CheckRequest) -> None:
         raise UsageError(f"reference= is the old artifact of mode 'reference', not of mode '{r.mode.value}'")
     if r.mode is Mode.REFERENCE and not r.reference:
         raise UsageError("mode 'reference' compares with an old artifact: give it (--reference OLD_ARTIFACT)")
-    if r.budget_ratio is not None and (r.budget_ms is not None or r.unpruned is None
-                                       or not 0 < r.budget_ratio < 1):
-        raise UsageError(f"a relative budget is a share in (0, 1) of an unpruned model's latency, with that "
-                         f"model and no --budget-ms (got {r.budget_ratio}, unpruned {r.unpruned})")
+    if (r.budget_ratio is None) != (r.unpruned is None) or r.budget_ratio is not None and (
+            r.budget_ms is not None or not 0 < r.budget_ratio < 1):
+        raise UsageError(f"a relative budget is a share in (0, 1) of an unpruned model's latency: give both "
+                         f"--budget-ratio and --unpruned, and no --budget-ms (got {r.budget_ratio}, unpruned {r.unpruned})")
     if r.mode is Mode.BUDGET and r.absolute:
         raise UsageError("a budget-only check compares with no baseline; it takes no --absolute")
