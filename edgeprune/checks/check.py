@@ -10,9 +10,11 @@ whose image or clock changed). Without a usable copy the comparison is absolute,
 ``--reference OLD`` is the paired comparison with any previous artifact, no baseline file.
 The modes and which flags combine are ``request.CheckRequest``'s; ``run_check`` runs one.
 
-A measurement is ``SESSIONS`` fresh runtime sessions (each compiles the model again, so
-per-process effects such as memory placement vary between them) of several windows each. A
-failure (regression or over budget) must be flagged by a first and by a confirming measurement.
+A measurement (``measure.Attempt``) is ``SESSIONS`` fresh runtime sessions of several windows
+each, or a paired run; under a relative budget (``budget``: a share of the unpruned model, as a
+``--budget-ratio`` run was pruned) the artifact's share, read in pairs with the unpruned model,
+follows it. A failure (regression or over budget) must be flagged by a first and by a
+confirming measurement.
 
 The contention guard. Each measurement also records how long the measuring thread was runnable
 but waiting for a CPU (Linux schedstat): a neighbour's work, not the model's. Since contention
