@@ -12,6 +12,8 @@ model (NNI's tracer on EfficientNet-Lite0) is recorded as failed with its error.
     python tools/side_by_side.py finetune --out runs/sbs-r18 --seeds 0 1 2 --jobs 2
     python tools/side_by_side.py recheck --out runs/sbs-r18 --reads 5          # more paired readings, quiet host
     python tools/side_by_side.py summary --out runs/sbs-r18                    # summary.md/.json (+ pareto.png)
+    python tools/side_by_side.py derive --out runs/sbs-r18 --to runs/sbs-r18-ep6 --epochs 6 --budgets 0.35
+        # the same models fine-tuned another way (here: longer), results apart; then finetune --out runs/sbs-r18-ep6
 
 Phases write their results as they go, so an interrupted phase resumes where it stopped.
 Measure-heavy ``plan`` and ``recheck`` should run alone; ``finetune`` may use both cores (``--jobs 2``).
@@ -266,6 +268,28 @@ def finetune(cfg: dict, seeds: list[int], jobs: int, methods: list[str]) -> None
             print(line, flush=True)
 
 
+def derive(cfg: dict, src: Path, to: Path, epochs: int, budgets: list[float]) -> int:
+    """A study of the same pruned models under another fine-tune length: ``to`` gets the plan
+    (only ``budgets``), the baseline (linked) and a config with ``epochs``; its results stay
+    apart from the source's. Answers "does a longer fine-tune change the margin?" (issue 9)."""
+    state = _load(src / "plan.json")
+    if state is None:
+        print(f"side_by_side: {src / 'plan.json'} missing: run the plan phase first", file=sys.stderr)
+        return 2
+    keep = {k: v for k, v in state["budgets"].items() if float(k) in budgets}
+    if not keep:
+        print(f"side_by_side: none of --budgets {budgets} is in {src / 'plan.json'} ({', '.join(state['budgets'])})",
+              file=sys.stderr)
+        return 2
+    to.mkdir(parents=True, exist_ok=True)
+    save_json(to / "config.json", {**cfg, "out": str(to), "epochs": epochs, "derived_from": str(src)})
+    save_json(to / "plan.json", {**state, "budgets": keep})
+    if not (to / "baseline.pt").exists():
+        (to / "baseline.pt").symlink_to((src / "baseline.pt").resolve())
+    print(f"{to}: {len(keep)} budget(s) of {src}, {epochs} fine-tune epochs; next: finetune --out {to}")
+    return 0
+
+
 # --- summary -----------------------------------------------------------------------------------
 
 def summarise(cfg: dict) -> dict:
@@ -367,7 +391,8 @@ def _load(path: Path):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["plan", "finetune", "recheck", "summary"])
+    p.add_argument("phase", choices=["plan", "finetune", "recheck", "summary", "derive"])
+    p.add_argument("--to", help="derive: the new study's directory")
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--target", default="ort-cpu")
@@ -411,6 +436,8 @@ def main() -> int:
         print(f"side_by_side: {cfg_path} missing: run the plan phase first", file=sys.stderr)
         return 2
     cfg = json.loads(cfg_path.read_text())
+    if a.phase == "derive":
+        return derive(cfg, out, Path(a.to or p.error("derive needs --to DIR")), a.epochs, a.budgets)
     if a.phase == "plan":
         plan(cfg, a.methods)
     elif a.phase == "finetune":
