@@ -369,6 +369,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {float(r['budget']):.0%} | {r['method']} | {r['paired_vs_edgeprune']:.3f} "
                      f"({readings}) | {inter} | {r['macs_m']:.1f} | "
                      f"{r['proxy_val_accuracy']:.1%} | {recal} | {ft} |")
+    lines += paired_by_seed(summary["rows"])
     routes = [(k, name, x) for k, rs in summary.get("routes", {}).items() for name, x in rs.items()]
     if routes:
         steps = summary["config"].get("abn", {}).get("finetune_steps", 0)
@@ -379,6 +380,25 @@ def markdown(summary: dict) -> str:
         lines += [f"| {float(k):.0%} | {name} | {x['predicted_ms']:.4f} ms | {x['proxy_val_accuracy']:.1%} |"
                   for k, name, x in routes]
     return "\n".join(lines) + "\n"
+
+
+def paired_by_seed(rows: list[dict]) -> list[str]:
+    """edgeprune minus each baseline, seed by seed (the same seed fine-tunes both): the pairs the
+    issue's claims rest on, since a seed moves every method of a budget alike."""
+    acc = {(r["budget"], r["method"]): dict(zip(r["seeds"], r["finetuned"])) for r in rows if "failed" not in r}
+    out = []
+    for (key, name), by_seed in acc.items():
+        ours = acc.get((key, "edgeprune"), {})
+        seeds = sorted(set(ours) & set(by_seed))
+        if name == "edgeprune" or not seeds:
+            continue
+        d = [100 * (ours[k] - by_seed[k]) for k in seeds]
+        sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
+        out.append(f"| {float(key):.0%} | {name} | {' / '.join(f'{x:+.2f}' for x in d)} | "
+                   f"{statistics.fmean(d):+.2f}{sd} | {sum(x > 0 for x in d)} of {len(d)} |")
+    head = ["", "edgeprune minus each baseline after fine-tuning, seed by seed (points):", "",
+            "| budget | method | by seed | mean ± sd | edgeprune ahead |", "|---|---|---|---|---|"]
+    return head + out if out else []
 
 
 def _mean(xs):
