@@ -86,9 +86,21 @@ def test_a_model_over_its_share_fails_with_the_share_named(relative, tmp_path, m
     assert code == 1 and "0.05x unpruned" in out and "of the unpruned model's latency" in out
 
 
+def test_a_relative_budget_given_on_the_command_line_wins_over_the_runs(relative, tmp_path, monkeypatch):
+    """``check --run DIR --budget-ratio R --unpruned U``: the command's share is judged, as its
+    ``--budget-ms`` would be, not the run's own (which it silently replaced before)."""
+    monkeypatch.chdir(tmp_path)
+    r = read_run(relative["out"])
+    [res] = api.check(run=str(relative["out"]), update=True, baseline="b.json", budget_ratio=0.05,
+                      unpruned=str(r.unpruned))
+    assert res.budget.share == 0.05 and res.budget.source == "--budget-ratio"
+    assert res.status == "fail" and "> 0.05 of the unpruned model's latency" in res.problems[0]
+
+
 @pytest.mark.parametrize("flags", [["--budget-ratio", "0.5"], ["--unpruned", "u.onnx"],
                                    ["--budget-ratio", "0.5", "--unpruned", "u.onnx", "--budget-ms", "1"],
-                                   ["--budget-ratio", "1", "--unpruned", "u.onnx"]])
+                                   ["--budget-ratio", "1", "--unpruned", "u.onnx"],
+                                   ["--budget-ratio", "nan", "--unpruned", "u.onnx"]])
 def test_check_refuses_a_half_given_relative_budget_in_one_line(flags, tmp_path, capsys):
     code = cli.main(["check", str(tmp_path / "m.onnx"), *flags])
     err = capsys.readouterr().err.strip()

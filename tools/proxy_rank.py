@@ -97,9 +97,8 @@ def report(run: Path, state: dict, seeds: list[int]) -> str:
 
 
 def save(run: Path, state: dict) -> None:
-    tmp = run / "proxy-rank.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(run / "proxy-rank.json")
+    from side_by_side import save_json  # temp file, then rename
+    save_json(run / "proxy-rank.json", state)
 
 
 def main() -> int:
@@ -112,8 +111,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune seeds per shape")
     a = p.parse_args()
-    if a.random < 0 or a.finetune_steps < 1 or a.jobs < 1:
-        p.error("--random >= 0, --finetune-steps >= 1, --jobs >= 1")
+    if a.random < 0 or a.finetune_steps < 1 or a.jobs < 1 or min(a.seeds) < 0:
+        p.error("--random >= 0, --finetune-steps >= 1, --jobs >= 1, --seeds >= 0")
     run = Path(a.run)
     plan = json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else {}
     entry = plan.get("budgets", {}).get(a.budget)

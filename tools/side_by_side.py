@@ -281,6 +281,9 @@ def derive(cfg: dict, src: Path, to: Path, epochs: int, budgets: list[float]) ->
         print(f"side_by_side: none of --budgets {budgets} is in {src / 'plan.json'} ({', '.join(state['budgets'])})",
               file=sys.stderr)
         return 2
+    if to.resolve() == src.resolve():
+        print(f"side_by_side: --to {to} is the study it derives from; give a new directory", file=sys.stderr)
+        return 2
     to.mkdir(parents=True, exist_ok=True)
     save_json(to / "config.json", {**cfg, "out": str(to), "epochs": epochs, "derived_from": str(src)})
     save_json(to / "plan.json", {**state, "budgets": keep})

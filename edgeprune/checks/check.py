@@ -42,7 +42,7 @@ from edgeprune.checks.baseline import (
     mismatches,
     record,
 )
-from edgeprune.checks.budget import Budget, check_budget, over, reading
+from edgeprune.checks.budget import Budget, check_budget
 from edgeprune.checks.comparison import (  # noqa: F401
     CONFIDENCE,
     DEFAULT_TOLERANCE,
@@ -59,6 +59,7 @@ from edgeprune.checks.measure import (  # noqa: F401  (re-exported: check.Attemp
     check_timing,
     measure_attempt,
     measure_pair,
+    measure_share,
     with_share,
 )
 from edgeprune.checks.request import CheckRequest, Mode
@@ -207,10 +208,10 @@ def _update(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
     record(s.path, s.meta, s.target.spec.name, s.fingerprint, timing.model_dump(), SESSIONS, used,
            res.baseline_ms, frozen).save(s.bpath)
     res.notes.append(f"baseline written to {s.bpath}, with a frozen copy of the artifact beside it")
-    if res.budget is not None and res.budget.share is not None:
+    if res.budget is not None and res.budget.relative:
         last = res.attempts[-1]  # a baseline records ms; the share is read once, beside it
         res.attempts[-1] = s.with_share(lambda: last)()
-        res.over_budget = over(res.budget, res.attempts[-1])
+        res.over_budget = res.budget.over(res.attempts[-1])
     else:
         res.over_budget = res.budget is not None and res.baseline_ms > res.budget.ms
 
@@ -247,7 +248,9 @@ def _budget_only(res: CheckResult, req: CheckRequest, s: _Subject) -> None:
                          "the target file's budgets_ms")
     res.baseline = None
     timing = check_timing(s.target.spec.timing)
-    judge(res, s.with_share(lambda: measure_attempt(s.target, s.path, timing)), None, req.tolerance, req.confirm)
+    b = res.budget  # a share's alternation measures the artifact too: no separate reading of it
+    judge(res, (lambda: measure_share(s.target, b.unpruned, s.path, s.target.spec.timing)) if b.relative
+          else (lambda: measure_attempt(s.target, s.path, timing)), None, req.tolerance, req.confirm)
 
 
 _MODES = {Mode.BASELINE: _against_baseline, Mode.REFERENCE: _against_reference, Mode.UPDATE: _update,
@@ -289,12 +292,12 @@ def judge(res: CheckResult, measure: Callable[[], Attempt], baseline_windows, to
     if len(clean) < needed:
         res.status = "inconclusive"
         what = (res.comparison.describe() if res.comparison and res.comparison.regression
-                else f"{reading(res.budget, last)} against a budget of {res.budget.describe()}")
+                else f"{res.budget.reading(last)} against a budget of {res.budget.describe()}")
         res.problems.append(f"inconclusive: the machine stayed too busy to confirm the failure ({what}); "
                             "run again when it is quieter")
         return
     res.regression = all(x.comparison is not None and x.comparison.regression for x in clean)
-    res.over_budget = all(over(res.budget, x) for x in clean)
+    res.over_budget = res.budget is not None and all(res.budget.over(x) for x in clean)
     if res.regression:
         how = " in both measurements" if needed > 1 else ""
         res.problems.append(f"regression{how}: {clean[-1].comparison.describe()}")
@@ -318,15 +321,16 @@ def _baseline_attempts(res: CheckResult, measure: Callable[[], Attempt]) -> list
 
 
 def _flagged(a: Attempt, budget: Budget | None) -> bool:
-    return (a.comparison is not None and a.comparison.regression) or over(budget, a)
+    return (a.comparison is not None and a.comparison.regression) or (budget is not None and budget.over(a))
 
 
 def _least_over(res: CheckResult, update: bool) -> str:
-    """The over-budget reading the problem names: the least over of the measurements that were."""
-    if update and (res.budget is None or res.budget.share is None):
+    """The over-budget reading the problem names: the least over of the measurements that were
+    (an updated baseline's pooled ms, when the budget is in ms)."""
+    b = res.budget
+    if update and not b.relative:
         return f"{res.latency_ms:.4f} ms"
-    return reading(res.budget, min((a for a in res.attempts if over(res.budget, a)),
-                                    key=lambda a: a.share if res.budget.share is not None else a.latency_ms))
+    return b.reading(min((a for a in res.attempts if b.over(a)), key=b.value))
 
 
 def _timing(base: Baseline, bpath: Path):

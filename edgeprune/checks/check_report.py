@@ -52,7 +52,7 @@ def junit_cases(results: list[CheckResult]) -> list:
 
 def _budget(r: CheckResult) -> str:
     """The budget column: ms, or a relative budget's share of the unpruned model ("0.25x unpruned")."""
-    if r.budget is not None and r.budget.share is not None:
+    if r.budget is not None and r.budget.relative:
         return f"{r.budget.share:g}x unpruned"
     return _fmt(r.budget.ms if r.budget else None)
 

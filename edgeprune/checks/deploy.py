@@ -9,11 +9,11 @@ checks:
   - artifact: runs/r18/model.onnx
     target: [ort-cpu, board-a]    # one name/YAML path, or a list (one check per target)
     budget_ms: 0.30               # optional: else the target file's budget for the model
+    baseline: profiles/{target}/r18.json   # optional: default profiles/TARGET/baseline-STEM.json
+    tolerance: 0.03               # optional
   - artifact: runs/r18-half/model.onnx
     budget_ratio: 0.5             # or: at most this share of an unpruned model's latency,
     unpruned: runs/r18-half/unpruned.onnx   # read in pairs with it (prune --budget-ratio keeps it)
-    baseline: profiles/{target}/r18.json   # optional: default profiles/TARGET/baseline-STEM.json
-    tolerance: 0.03               # optional
 ```
 
 Relative paths are relative to the deploy file. Unknown keys and wrong types are rejected

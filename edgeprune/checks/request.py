@@ -96,11 +96,12 @@ class CheckRequest:
         from edgeprune.runs import read_run
         r = read_run(self.run)
         budget_ms, source, share = self.budget_ms, self.budget_source, {}
-        if budget_ms is None and r.budget_ratio is not None and r.unpruned is not None:
+        given = budget_ms is not None or self.budget_ratio is not None  # the command's own budget wins
+        if not given and r.budget_ratio is not None and r.unpruned is not None:
             # a relative run is judged as it was pruned: a share of its unpruned model, read in
             # pairs, which a host that drifted since the run cannot fool (its ms can)
             share, source = {"budget_ratio": r.budget_ratio, "unpruned": str(r.unpruned)}, f"run {self.run}"
-        elif budget_ms is None and r.budget_ms is not None:
+        elif not given and r.budget_ms is not None:
             budget_ms, source = r.budget_ms, f"run {self.run}"
         return [replace(self, run=None, artifact=self.artifact or str(r.artifact), target=self.target or r.target,
                         budget_ms=budget_ms, budget_source=source, **share)]
@@ -127,8 +128,9 @@ def _refuse(r: CheckRequest) -> None:
         raise UsageError(f"reference= is the old artifact of mode 'reference', not of mode '{r.mode.value}'")
     if r.mode is Mode.REFERENCE and not r.reference:
         raise UsageError("mode 'reference' compares with an old artifact: give it (--reference OLD_ARTIFACT)")
-    if (r.budget_ratio is None) != (r.unpruned is None) or r.budget_ratio is not None and (
-            r.budget_ms is not None or not 0 < r.budget_ratio < 1):
+    half_given = (r.budget_ratio is None) != (r.unpruned is None)
+    out_of_range = r.budget_ratio is not None and not 0 < r.budget_ratio < 1  # NaN fails too
+    if half_given or out_of_range or (r.budget_ratio is not None and r.budget_ms is not None):
         raise UsageError(f"a relative budget is a share in (0, 1) of an unpruned model's latency: give both "
                          f"--budget-ratio and --unpruned, and no --budget-ms (got {r.budget_ratio}, unpruned {r.unpruned})")
     if r.mode is Mode.BUDGET and r.absolute:
