@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import pytest
@@ -294,3 +295,27 @@ def test_a_run_that_times_itself_is_measured_by_its_own_figure():
     assert lat.median_ms == 0.25 and set(lat.samples_ms) == {0.25}
     alt = measure_alternating(run, lambda: DeviceTime(0.5), spec, block_s=0.001)
     assert alt.latencies[0].median_ms == 0.25 and alt.latencies[1].median_ms == 0.5
+
+
+def test_a_model_that_rewarms_over_several_runs_is_read_as_alone_in_alternation():
+    """A model whose weights outgrow the cache comes back slow after the other model's block and
+    re-warms over several runs (ResNet-18 at 32 px beside its pruned pick, session 13). Blocks
+    of a few runs each read it 10-30% slow, biasing the pair against it; a block long enough
+    for the re-warm to be outvoted reads it as it runs alone."""
+    from edgeprune.runtime.timing import BLOCK_S, DeviceTime, measure_alternating
+    warm = {"runs": 0}  # big's runs since the small model last ran
+
+    def big():
+        warm["runs"] += 1
+        return DeviceTime(1.2 * (1 + 0.5 ** (warm["runs"] - 1)))  # 2.4 ms after the switch, 1.8, 1.5, ... 1.2
+
+    def small():
+        warm["runs"] = 0
+        return DeviceTime(0.5)
+
+    spec = TimingSpec(warmup_s=0, min_time_s=0, windows=2)
+    short = measure_alternating(big, small, spec, block_s=0.005)
+    assert short.latencies[0].median_ms > 1.3  # the re-warm decides the block median
+    alt = measure_alternating(big, small, spec, block_s=BLOCK_S)
+    assert alt.latencies[0].median_ms == pytest.approx(1.2, rel=0.03)
+    assert statistics.median(alt.window_ratios) == pytest.approx(0.5 / 1.2, rel=0.03)

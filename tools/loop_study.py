@@ -2,7 +2,7 @@
 against a relative one (``--budget-ratio``, ``search.loop.Anchor``), on the same host in the same
 period (issue 9, item 7: "the loop done in <= 2 rounds").
 
-    python tools/loop_study.py --model resnet18 --input-size 32 --budgets 0.5 0.35 --repeats 2 \\
+    python tools/loop_study.py --model resnet18 --input-size 32 --budgets 0.5 0.35 --repeats 2 [--modes anchored --centres 0 0.5] \\
         --profiles-dir runs/loop-study/profiles --out runs/loop-study/study.json
 
 The two loops run in turn (absolute, anchored, absolute, ...), each from a fresh table without
@@ -10,7 +10,9 @@ landings, with the kept-importance planner (no data: the latency side alone). Th
 budget is the share of one reading of the unpruned model taken at the start, as a user who
 measured once would set it. Every kept model is then measured against the unpruned model in
 alternating blocks, in one pass at the end: its paired share says where each loop really landed,
-against the aim (the share times 1 - the loop's margin).
+against the aim (the share times 1 - the loop's margin). ``--centres`` runs each loop once per
+``LoopConfig.centre`` in turn: 0 aims every step at the aim itself, the top of the window a fit
+must land in (the loop before session 13), 0.5 at the window's middle (the default now).
 """
 from __future__ import annotations
 
@@ -45,21 +47,23 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
     rows = []
     for frac in a.budgets:
         for rep in range(a.repeats):
-            for mode in ("absolute", "anchored"):
+            for mode, centre in [(m, c) for m in a.modes for c in a.centres]:
+                label = mode if len(a.centres) == 1 else f"{mode}, centre {centre:g}"
                 anchor = Anchor(unpruned, level) if mode == "anchored" else None
                 budget = frac * (level if anchor else start_ms)
                 t0 = time.perf_counter()
                 try:
-                    r = fit_budget(s.model, s.input_shape, table, scores, s.target, budget, scfg, LoopConfig(), anchor)
+                    r = fit_budget(s.model, s.input_shape, table, scores, s.target, budget, scfg,
+                                   LoopConfig(centre=centre), anchor)
                 except Exception as e:  # noqa: BLE001 (a loop that gives up is a finding)
-                    rows.append({"budget": frac, "repeat": rep, "mode": mode, "failed": f"{type(e).__name__}: {e}"[:200]})
+                    rows.append({"budget": frac, "repeat": rep, "mode": label, "failed": f"{type(e).__name__}: {e}"[:200]})
                     continue
-                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}.onnx")
-                rows.append({"budget": frac, "repeat": rep, "mode": mode, "onnx": str(path),
+                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}-{centre:g}.onnx")
+                rows.append({"budget": frac, "repeat": rep, "mode": label, "onnx": str(path),
                              "rounds": len(r.rounds), "seconds": round(time.perf_counter() - t0, 1),
                              "predicted_ms": r.search.predicted_ms, "loop_reading_ms": r.latency.median_ms,
                              "readings": [x.to_dict() for x in r.rounds]})
-                print(f"{frac:g} #{rep} {mode}: {len(r.rounds)} rounds, predicted {r.search.predicted_ms:.4f}", flush=True)
+                print(f"{frac:g} #{rep} {label}: {len(r.rounds)} rounds, predicted {r.search.predicted_ms:.4f}", flush=True)
     return rows, unpruned, s.target
 
 
@@ -73,11 +77,19 @@ def landed(rows: list[dict], unpruned: Path, target, margin: float) -> None:
             row.update(share=share, share_ci=list(ci), off_aim=share / aim - 1, fits=share <= row["budget"])
 
 
+def pick_errors(row: dict) -> list[float]:
+    """The table's error at each round's pick, predicted / read - 1, in the loop's own units
+    (an anchored loop's readings are paired shares times the table's unpruned prediction, so
+    this is the error of the table's *ratio*, which is all a relative budget asks of it)."""
+    return [r["predicted_ms"] / r["measured_ms"] - 1 for r in row.get("readings", []) if r["measured_ms"] > 0]
+
+
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["| budget | loop | runs | rounds (each) | paired share of unpruned (each) | off the aim, median | fits |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| budget | loop | runs | rounds (each) | table error at the picks, each round | median \\|error\\| "
+             "| paired share of unpruned (each) | off the aim, median | fits |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for frac in sorted({r["budget"] for r in rows}, reverse=True):
-        for mode in ("absolute", "anchored"):
+        for mode in dict.fromkeys(r["mode"] for r in rows):
             rs = [r for r in rows if r["budget"] == frac and r["mode"] == mode]
             ok = [r for r in rs if "share" in r]
             gave_up = f" ({len(rs) - len(ok)} gave up)" if len(ok) < len(rs) else ""
@@ -85,7 +97,17 @@ def summary(rows: list[dict]) -> list[str]:
             shares = " / ".join(f"{r['share']:.3f}" for r in ok) or "—"
             off = f"{statistics.median(r['off_aim'] for r in ok):+.1%}" if ok else "—"
             fits = sum(r["fits"] for r in ok)
-            lines.append(f"| {frac:.0%} | {mode} | {len(rs)} | {rounds} | {shares} | {off} | {fits} of {len(rs)}{gave_up} |")
+            errs = [pick_errors(r) for r in ok]
+            each = " / ".join(", ".join(f"{100 * e:+.0f}%" for e in es) for es in errs) or "—"
+            flat = [abs(e) for es in errs for e in es]
+            med = f"{statistics.median(flat):.1%}" if flat else "—"
+            lines.append(f"| {frac:.0%} | {mode} | {len(rs)} | {rounds} | {each} | {med} | {shares} | {off} "
+                         f"| {fits} of {len(rs)}{gave_up} |")
+    flat = [abs(e) for r in rows for e in pick_errors(r)]
+    rounds = [r["rounds"] for r in rows if "rounds" in r]
+    if flat:
+        lines.append(f"\nAll loops: median |error| at the picks {statistics.median(flat):.1%} over {len(flat)} picks; "
+                     f"{sum(n <= 2 for n in rounds)} of {len(rounds)} loops done in <= 2 rounds.")
     return lines
 
 
@@ -96,11 +118,15 @@ def main() -> int:
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--modes", nargs="+", choices=("absolute", "anchored"), default=["absolute", "anchored"],
+                   help="which loops run, in turn (anchored: --budget-ratio, paired with the unpruned model)")
+    p.add_argument("--centres", nargs="+", type=float, default=[0.5],
+                   help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
     p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1:
-        p.error("--budgets are shares in (0, 1); --repeats >= 1")
+    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not all(0 <= c <= 1 for c in a.centres):
+        p.error("--budgets are shares in (0, 1); --repeats >= 1; --centres in [0, 1]")
     from edgeprune.search.loop import LoopConfig
     rows, unpruned, target = run_loops(a)
     landed(rows, unpruned, target, LoopConfig().margin)
