@@ -300,7 +300,7 @@ def test_a_run_that_times_itself_is_measured_by_its_own_figure():
 def test_a_model_that_rewarms_over_several_runs_is_read_as_alone_in_alternation():
     """A model whose weights outgrow the cache comes back slow after the other model's block and
     re-warms over several runs (ResNet-18 at 32 px beside its pruned pick, session 13). Blocks
-    of a few runs each read it 10-30% slow, biasing the pair against it; a block long enough
+    of a few runs each read it 5-30% slow, biasing the pair against it; a block long enough
     for the re-warm to be outvoted reads it as it runs alone."""
     from edgeprune.runtime.timing import BLOCK_S, DeviceTime, measure_alternating
     warm = {"runs": 0}  # big's runs since the small model last ran

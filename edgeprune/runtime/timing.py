@@ -115,9 +115,10 @@ def _summary(windows: list[list[float]]) -> Latency:
 BLOCK_S = 0.02       # alternation: each block of runs lasts about this long. A model whose
 #                      weights outgrow the cache re-warms over several runs after the other
 #                      model's block: at 5 ms, ResNet-18 at 32 px (45 MB, 1.3 ms a run, 4 runs a
-#                      block) read 10-30% slower than alone beside its pruned pick, and the paired
-#                      share 15-25% low; at 20 ms it reads as alone, and two identical models'
-#                      window spread is the same (BENCHMARKS.md, "How noisy" and session 13)
+#                      block) read 5-30% slower than alone beside its pruned pick, and the paired
+#                      share 8-26% low; at 20 ms it reads as alone (within its own spread), and
+#                      two identical models' window spread is about the same (BENCHMARKS.md, "How
+#                      noisy the paired ratio is" and session 13)
 MIN_BLOCK_RUNS = 3   # ... and has at least this many runs, so one cold first run is outvoted
 MIN_ROUNDS = 5       # rounds (one block of each model) per window at least
 
