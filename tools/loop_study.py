@@ -6,8 +6,8 @@ period (issue 9, item 7: "the loop done in <= 2 rounds").
         --profiles-dir runs/loop-study/profiles --out runs/loop-study/study.json
 
 The two loops run in turn (absolute, anchored, absolute, ...), each from a fresh table without
-landings, with the kept-importance planner (no data: the latency side alone). The absolute
-budget is the share of one reading of the unpruned model taken at the start, as a user who
+landings (``--landings``: each loop corrected by the readings of the loops before it), with
+the kept-importance planner (no data: the latency side alone). The absolute budget is the share of one reading of the unpruned model taken at the start, as a user who
 measured once would set it. Every kept model is then measured against the unpruned model in
 alternating blocks, in one pass at the end: its paired share says where each loop really landed,
 against the aim (the share times 1 - the loop's margin). ``--centres`` runs each loop once per
@@ -37,7 +37,7 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
     from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
     from edgeprune.session import Session, SessionConfig
     s = Session.open(SessionConfig(model=a.model, target=a.target, input_size=a.input_size,
-                                   profiles_dir=a.profiles_dir, landings=False, progress=False))
+                                   profiles_dir=a.profiles_dir, landings=a.landings, progress=False))
     table, scfg, scores = s.table(), SearchConfig(), s.scores()
     tmp = Path(tempfile.mkdtemp(prefix="loop-study-"))
     unpruned = export_onnx(s.model, s.input_shape, tmp / "unpruned.onnx")
@@ -120,6 +120,9 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=("absolute", "anchored"), default=["absolute", "anchored"],
                    help="which loops run, in turn (anchored: --budget-ratio, paired with the unpruned model)")
+    p.add_argument("--landings", action="store_true",
+                   help="correct the table with the loops' own readings as they go (edgeprune.latency.landings): "
+                        "each loop learns from the ones before it, as successive prune runs do")
     p.add_argument("--centres", nargs="+", type=float, default=[0.5],
                    help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
     p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
