@@ -246,7 +246,7 @@ class DriftingHost(FakeTarget):
                            tuple(scaled(x) for x in alt.latencies))
 
 
-def test_an_anchored_loop_is_blind_to_a_drifting_host(tiny_model, tiny_table, scores, tmp_path):
+def test_an_anchored_loop_is_blind_to_a_drifting_host(tiny_model, tiny_table, scores, tmp_path, capsys):
     """A host 20% slower at each reading: read alone, every model misses by more than the last
     tightening won, and the loop gives up on a budget the first pick met at the starting level.
     Paired with the unpruned model (``Anchor``), the drift cancels: one round, on the aim."""
@@ -266,6 +266,39 @@ def test_an_anchored_loop_is_blind_to_a_drifting_host(tiny_model, tiny_table, sc
     assert r.measured_ms == pytest.approx(r.predicted_ms, rel=0.02)  # the table's units, undrifted
     assert 0.9 * 0.95 * budget <= paired.latency.median_ms <= budget
     assert len(paired.latency.window_medians_ms) == 12
+    assert r.yardstick == pytest.approx(1.0, rel=0.1)  # the host moved both sides of every pair
+    assert "yardstick" not in capsys.readouterr().err
+
+
+class MovingYardstick(FakeTarget):
+    """The fake runtime, except that the unpruned model (side a of a pair) runs ``factor`` times
+    slower than it was profiled while the candidates keep their speed: ResNet-18 at 32 px,
+    whose 45 MB outgrow a shared L3 (session 13)."""
+
+    def __init__(self, factor: float):
+        super().__init__(TargetSpec(name="moving", runtime="fake"))
+        self.factor = factor
+
+    def measure_alternating(self, path_a, path_b, timing=None):
+        from edgeprune.runtime.timing import Alternation
+        alt, k = super().measure_alternating(path_a, path_b, timing), self.factor
+        a, b = alt.latencies
+        slow = replace(Latency.from_samples([a.median_ms * k] * 5), window_medians_ms=tuple(w * k for w in a.window_medians_ms))
+        return Alternation(tuple(tuple((x * k, y) for x, y in w) for w in alt.rounds_ms), (slow, b))
+
+
+def test_a_relative_budget_says_when_its_yardstick_moved_alone(tiny_model, tiny_table, scores, tmp_path, capsys):
+    """The unpruned model reads 1.5x its profiled latency, the candidates as profiled: every
+    share reads a third low, and the loop says that the yardstick moved, not the host."""
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.search.loop import Anchor
+    full = tiny_table.predict({})
+    anchor = Anchor(export_onnx(tiny_model, INPUT_SHAPE, tmp_path / "unpruned.onnx"), full, reads=2)
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, MovingYardstick(1.5), 0.6 * full, SearchConfig(),
+                   LoopConfig(confirm=0), anchor)
+    assert all(x.yardstick == pytest.approx(1.5, rel=0.1) for x in r.rounds)
+    err = capsys.readouterr().err
+    assert "moving yardstick" in err and "--budget-ms" in err and "1.5" in err
 
 
 def test_an_anchored_reading_pools_several_paired_runs(tmp_path):

@@ -61,6 +61,9 @@ def test_a_relative_budget_is_said_as_a_share_and_its_rounds_as_paired():
     assert "paired with the unpruned model and given in the table's units" in md
     plain = render_markdown(typed(FULL))
     assert "| budget | 25.0 ms |" in plain and "paired with the unpruned" not in plain
+    assert "unpruned's drift" in md and "unpruned's drift" not in plain
+    moved = {**FULL, "budget_ratio": 0.25, "rounds": [{**FULL["rounds"][0], "yardstick": 1.437}]}
+    assert "| 1 | 25.0 ms | 24.9 ms | 27.1 ms | 1.44 |" in render_markdown(typed(moved))
 
 
 def test_full_report_renders_every_section():

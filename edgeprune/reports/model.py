@@ -116,6 +116,8 @@ class RoundRow(_Part):
     measured_p90_ms: float | None = None
     remeasured: bool | None = None
     calibrated_ms: float | None = None        # the profile's own prediction, before landings
+    yardstick: float | None = None            # paired rounds: the unpruned model's drift off the table
+    #                                           over the candidate's (search.loop.yardstick_drift)
     step: int | None = None
 
 

@@ -203,13 +203,17 @@ def _layers(r: dict) -> list[str]:
 
 
 def _rounds(r: dict) -> list[str]:
+    relative = isinstance(r.get("budget_ratio"), (int, float))
     rows = [(fmt_text(x.get("round")), fmt_ms(x.get("search_budget_ms")),
-             fmt_ms(x.get("predicted_ms")), fmt_ms(x.get("measured_ms")))
+             fmt_ms(x.get("predicted_ms")), fmt_ms(x.get("measured_ms")),
+             *([fmt_float(x.get("yardstick"), ".2f")] if relative else []))
             for x in r.get("rounds") or []]
-    header = ("round", "search budget", "predicted", "measured")
+    header = ("round", "search budget", "predicted", "measured", *(("unpruned's drift",) if relative else ()))
     paired = (["Each reading is paired with the unpruned model and given in the table's units "
-               "(the share it measured times the table's prediction for the unpruned model)."]
-              if isinstance(r.get("budget_ratio"), (int, float)) else [])
+               "(the share it measured times the table's prediction for the unpruned model). "
+               "The unpruned's drift is how far that model read off the table, over how far the "
+               "candidate did: near 1 the host moved both; far from 1 the yardstick moved alone."]
+              if relative else [])
     return _section("Closed-loop rounds", [*paired, *([""] if paired else []), *md_table(header, rows)]) if rows else []
 
 
