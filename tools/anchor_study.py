@@ -14,7 +14,6 @@ to the table's.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -56,11 +55,14 @@ def read(target, unpruned: Path, pick: Path, blocks_ms: list[float]) -> dict:
     return row
 
 
+def fmt(r: dict) -> str:
+    return f"{r['unpruned_ms']:.3f} / {r['pick_ms']:.3f} / {r['share']:.3f}"
+
+
 def summary(rows: list[dict], blocks_ms: list[float]) -> list[str]:
     head = ["budget", "table's share", "alone: unpruned ms / pick ms / share"] + [
         f"{ms:g} ms blocks: unpruned / pick / share" for ms in blocks_ms]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = lambda r: f"{r['unpruned_ms']:.3f} / {r['pick_ms']:.3f} / {r['share']:.3f}"  # noqa: E731
     for r in rows:
         cells = [f"{r['budget']:.0%} #{r['repeat']}", f"{r['table_share']:.3f}", fmt(r["alone"])] + [
             fmt(r["alternating"][f"{ms:g}"]) for ms in blocks_ms]

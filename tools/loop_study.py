@@ -85,8 +85,8 @@ def pick_errors(row: dict) -> list[float]:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["| budget | loop | runs | rounds (each) | table error at the picks, each round | median \\|error\\| "
-             "| paired share of unpruned (each) | off the aim, median | fits |",
+    lines = [("| budget | loop | runs | rounds (each) | table error at the picks, each round | median \\|error\\| "
+              "| paired share of unpruned (each) | off the aim, median | fits |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for frac in sorted({r["budget"] for r in rows}, reverse=True):
         for mode in dict.fromkeys(r["mode"] for r in rows):

@@ -209,10 +209,10 @@ def _rounds(r: dict) -> list[str]:
              *([fmt_float(x.get("yardstick"), ".2f")] if relative else []))
             for x in r.get("rounds") or []]
     header = ("round", "search budget", "predicted", "measured", *(("unpruned's drift",) if relative else ()))
-    paired = (["Each reading is paired with the unpruned model and given in the table's units "
-               "(the share it measured times the table's prediction for the unpruned model). "
-               "The unpruned's drift is how far that model read off the table, over how far the "
-               "candidate did: near 1 the host moved both; far from 1 the yardstick moved alone."]
+    paired = ([("Each reading is paired with the unpruned model and given in the table's units "
+                "(the share it measured times the table's prediction for the unpruned model). "
+                "The unpruned's drift is how far that model read off the table, over how far the "
+                "candidate did: near 1 the host moved both; far from 1 the yardstick moved alone.")]
               if relative else [])
     return _section("Closed-loop rounds", [*paired, *([""] if paired else []), *md_table(header, rows)]) if rows else []
 
