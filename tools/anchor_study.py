@@ -13,7 +13,6 @@ to the table's.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -71,15 +70,9 @@ def summary(rows: list[dict], blocks_ms: list[float]) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--target", default="ort-cpu")
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
-    p.add_argument("--repeats", type=int, default=3)
+    from loop_study import study_parser
+    p = study_parser(__doc__, [0.5, 0.3], 3)
     p.add_argument("--blocks", nargs="+", type=float, default=[5, 20, 50], help="alternation block lengths, ms")
-    p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
-    p.add_argument("--out", required=True)
     a = p.parse_args()
     if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not all(ms > 0 for ms in a.blocks):
         p.error("--budgets are shares in (0, 1); --repeats >= 1; --blocks > 0 ms")

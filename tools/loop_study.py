@@ -111,13 +111,21 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_parser(doc: str, budgets: list[float], repeats: int) -> argparse.ArgumentParser:
+    """The arguments every study of the loop takes (this one and ``anchor_study.py``)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--target", default="ort-cpu")
     p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--budgets", nargs="+", type=float, default=budgets)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
+    p.add_argument("--out", required=True)
+    return p
+
+
+def main() -> int:
+    p = study_parser(__doc__, [0.5, 0.35], 2)
     p.add_argument("--modes", nargs="+", choices=("absolute", "anchored"), default=["absolute", "anchored"],
                    help="which loops run, in turn (anchored: --budget-ratio, paired with the unpruned model)")
     p.add_argument("--landings", action="store_true",
@@ -125,8 +133,6 @@ def main() -> int:
                         "each loop learns from the ones before it, as successive prune runs do")
     p.add_argument("--centres", nargs="+", type=float, default=[0.5],
                    help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
-    p.add_argument("--profiles-dir", required=True, help="tables (a copy: the study never rewrites committed ones)")
-    p.add_argument("--out", required=True)
     a = p.parse_args()
     if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not all(0 <= c <= 1 for c in a.centres):
         p.error("--budgets are shares in (0, 1); --repeats >= 1; --centres in [0, 1]")
