@@ -245,9 +245,13 @@ def _warn_if_yardstick_moved(rounds: list[Round]) -> None:
     neighbours leave it while the pruned candidates, which fit, keep their speed: ResNet-18 at
     32 px read 1.0-1.5 ms within an hour against 0.96 ms profiled, its picks within 4% of the
     table (BENCHMARKS.md, session 13), and its loops read the table 43-50% off and took 5 rounds.
-    A host that drifts moves both (``yardstick`` stays near 1); this is the other case."""
+    A host that drifts moves both (``yardstick`` stays near 1); this is the other case. Only
+    the slow side is said: a neighbour's cache use slows the largest model most, and that is the
+    unpruned one. Far under 1, the candidates read slower than the table predicts them (OpenVINO
+    on ResNet-18's smallest picks: 0.74-0.87), which is the table's error at the picks, and the
+    rounds and landings correct that."""
     drift = [r.yardstick for r in rounds if r.yardstick]
-    if not drift or 1 / YARDSTICK_MOVED < statistics.median(drift) < YARDSTICK_MOVED:
+    if not drift or statistics.median(drift) < YARDSTICK_MOVED:
         return
     print(f"edgeprune: warning: the unpruned model read {statistics.median(drift):.2f}x as far from the latency table "
           f"as the pruned candidates did: its own latency moves (weights outgrowing a shared cache?), so a share "
