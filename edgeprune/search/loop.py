@@ -243,8 +243,9 @@ def _warn_if_yardstick_moved(rounds: list[Round]) -> None:
     """Say so when a relative budget's yardstick moved on its own. A share is read against the
     unpruned model now; where its weights outgrow a shared cache, that model runs at what the
     neighbours leave it while the pruned candidates, which fit, keep their speed: ResNet-18 at
-    32 px read 1.0-1.5 ms within an hour against 0.96 ms profiled, its picks within 4% of the
-    table (BENCHMARKS.md, session 13), and its loops read the table 43-50% off and took 5 rounds.
+    32 px read 0.92-1.83 ms, moving within a minute, against 0.96 ms profiled, its picks within
+    4% of the table (BENCHMARKS.md, session 13), and its loops read the table 43-50% off and
+    took 5 rounds.
     A host that drifts moves both (``yardstick`` stays near 1); this is the other case. Only
     the slow side is said: a neighbour's cache use slows the largest model most, and that is the
     unpruned one. Far under 1, the candidates read slower than the table predicts them (OpenVINO
@@ -271,8 +272,8 @@ def yardstick_drift(alts: list[Alternation], level_ms: float, predicted_ms: floa
 
 def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float | None = None,
                   confirm: float = 0.0, anchor: Anchor | None = None) -> tuple[Latency, bool, bool, float | None]:
-    """One round's measurement: (latency, re-measured, confirmed, yardstick drift of a paired
-    reading, ``yardstick_drift``). When the reading is more than
+    """One round's measurement: (latency, re-measured, confirmed, yardstick), the last being
+    ``yardstick_drift`` for a paired reading and None for one read alone. When the reading is more than
     ``confirm`` off the prediction, a second one is taken and the least-disturbed windows of
     both kept (``Latency.least_disturbed``); ``confirmed`` when the second reading is off the same way.
     A real miss reads the same twice; a neighbour's burst does not. A reading paired with an
