@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,7 +120,19 @@ def make_models(args, out: Path):
     return base, slow, setting, ratio
 
 
+def as_deployed(artifact: Path, out: Path) -> Path:
+    """``artifact`` copied to the one path the checks read (``OUT/artifact.onnx``): a baseline
+    belongs to an artifact's path (``checks.baseline.check_same_artifact``), and the slowed model
+    is a new version of the same artifact, as a user's next build would be."""
+    path = Path(out) / "artifact.onnx"
+    tmp = path.with_suffix(".tmp")
+    shutil.copyfile(artifact, tmp)
+    tmp.replace(path)
+    return path
+
+
 def run_check(args, artifact: Path, baseline: Path, update: bool = False) -> dict:
+    artifact = as_deployed(artifact, Path(args.out))
     cmd = [sys.executable, "-m", "edgeprune.cli", "check", str(artifact), "--target", args.target,
            "--baseline", str(baseline), "--budget-ms", "1000", "--tolerance", str(args.tolerance), "--json",
            *(["--absolute"] if args.mode == "absolute" and not update else [])]
