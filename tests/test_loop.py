@@ -375,3 +375,14 @@ def test_a_step_aims_inside_the_window_not_at_its_edge(resnet18_setup, biases, r
         r = fit_budget(model, INPUT_SHAPE, table, exact_planner(table, scores, host), host, budget, SearchConfig(), cfg)
         assert at_least <= len(r.rounds) <= at_most
         assert aim * (1 - LoopConfig().slack) <= r.latency.median_ms <= aim
+
+
+@pytest.mark.parametrize("bad", [{"centre": 1.5}, {"centre": -0.1}, {"centre": float("nan")}, {"margin": 1.0},
+                                 {"slack": -0.01}, {"max_rounds": 0}, {"confirm": -1}])
+def test_loop_settings_out_of_range_are_refused_in_one_line(bad):
+    """A loop setting out of range would aim outside its own window or never measure; the API
+    takes a LoopConfig (PruneJob.loop), so it is refused where it is made."""
+    from edgeprune.errors import UsageError
+    with pytest.raises(UsageError, match="loop settings out of range") as info:
+        LoopConfig(**bad)
+    assert next(iter(bad)) in str(info.value) and "\n" not in str(info.value)

@@ -70,12 +70,10 @@ def summary(rows: list[dict], blocks_ms: list[float]) -> list[str]:
 
 
 def main() -> int:
-    from loop_study import study_parser
+    from loop_study import parse_study, study_parser
     p = study_parser(__doc__, [0.5, 0.3], 3)
     p.add_argument("--blocks", nargs="+", type=float, default=[5, 20, 50], help="alternation block lengths, ms")
-    a = p.parse_args()
-    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not all(ms > 0 for ms in a.blocks):
-        p.error("--budgets are shares in (0, 1); --repeats >= 1; --blocks > 0 ms")
+    a = parse_study(p, lambda a: all(ms > 0 for ms in a.blocks), "--blocks > 0 ms")
     from side_by_side import save_json
 
     from edgeprune.artifacts.onnxio import export_onnx

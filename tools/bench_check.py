@@ -124,10 +124,10 @@ def as_deployed(artifact: Path, out: Path) -> Path:
     """``artifact`` copied to the one path the checks read (``OUT/artifact.onnx``): a baseline
     belongs to an artifact's path (``checks.baseline.check_same_artifact``), and the slowed model
     is a new version of the same artifact, as a user's next build would be."""
+    from edgeprune.artifacts.onnxio import atomic_write
     path = Path(out) / "artifact.onnx"
-    tmp = path.with_suffix(".tmp")
-    shutil.copyfile(artifact, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        shutil.copyfile(artifact, tmp)
     return path
 
 

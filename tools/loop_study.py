@@ -7,8 +7,8 @@ period (issue 9, item 7: "the loop done in <= 2 rounds").
 
 The two loops run in turn (absolute, anchored, absolute, ...), each from a fresh table without
 landings (``--landings``: each loop corrected by the readings of the loops before it), with
-the kept-importance planner (no data: the latency side alone). The absolute budget is the share of one reading of the unpruned model taken at the start, as a user who
-measured once would set it. Every kept model is then measured against the unpruned model in
+the kept-importance planner (no data: the latency side alone). The absolute budget is the share
+of one reading of the unpruned model taken at the start, as a user who measured once would set it. Every kept model is then measured against the unpruned model in
 alternating blocks, in one pass at the end: its paired share says where each loop really landed,
 against the aim (the share times 1 - the loop's margin). ``--centres`` runs each loop once per
 ``LoopConfig.centre`` in turn: 0 aims every step at the aim itself, the top of the window a fit
@@ -17,7 +17,6 @@ must land in (the loop before session 13), 0.5 at the window's middle (the defau
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -124,6 +123,15 @@ def study_parser(doc: str, budgets: list[float], repeats: int) -> argparse.Argum
     return p
 
 
+def parse_study(p: argparse.ArgumentParser, extra_ok=lambda a: True, extra: str = "") -> argparse.Namespace:
+    """Parse ``study_parser``'s arguments (plus a tool's own, judged by ``extra_ok``), refusing
+    out-of-range ones in one line (argparse's exit 2)."""
+    a = p.parse_args()
+    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not extra_ok(a):
+        p.error("--budgets are shares in (0, 1); --repeats >= 1" + (f"; {extra}" if extra else ""))
+    return a
+
+
 def main() -> int:
     p = study_parser(__doc__, [0.5, 0.35], 2)
     p.add_argument("--modes", nargs="+", choices=("absolute", "anchored"), default=["absolute", "anchored"],
@@ -133,17 +141,13 @@ def main() -> int:
                         "each loop learns from the ones before it, as successive prune runs do")
     p.add_argument("--centres", nargs="+", type=float, default=[0.5],
                    help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
-    a = p.parse_args()
-    if not all(0 < f < 1 for f in a.budgets) or a.repeats < 1 or not all(0 <= c <= 1 for c in a.centres):
-        p.error("--budgets are shares in (0, 1); --repeats >= 1; --centres in [0, 1]")
+    a = parse_study(p, lambda a: all(0 <= c <= 1 for c in a.centres), "--centres in [0, 1]")
+    from side_by_side import save_json
+
     from edgeprune.search.loop import LoopConfig
     rows, unpruned, target = run_loops(a)
     landed(rows, unpruned, target, LoopConfig().margin)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
-    tmp.replace(out)
+    save_json(Path(a.out), {"args": vars(a), "rows": rows})
     print("\n".join(summary(rows)))
     return 0
 

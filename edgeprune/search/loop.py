@@ -13,7 +13,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgeprune.artifacts.onnxio import export_onnx
-from edgeprune.errors import BudgetNotMet, InfeasibleBudget
+from edgeprune.errors import BudgetNotMet, InfeasibleBudget, UsageError
 from edgeprune.latency.table import LatencyTable
 from edgeprune.pruning.prune import prune_to_widths
 from edgeprune.runtime.base import Target
@@ -46,14 +46,25 @@ class LoopConfig:
     slack: float = 0.05    # a fit further under the aim than this is worth a larger try
     centre: float = 0.5    # where in the accepted window [aim * (1 - slack), aim] each step aims
     #                        (0 = the aim itself). A step scaled onto the aim lands on the window's
-    #                        edge, and a reading 1-2% high is a miss: EfficientNet-Lite0 on ort-cpu
-    #                        took 3-4 rounds in 2 of 6 loops that way (BENCHMARKS.md, session 13)
+    #                        edge, and a reading 1-2% high is a miss: EfficientNet-Lite0's second
+    #                        rounds read 0.945-1.002 of the aim, and the loop over it took 4
+    #                        rounds (BENCHMARKS.md, session 13)
     importance: str = "l1"  # which channels of a group are kept (the criterion the plan used)
     engine: str = "torch-pruning"  # the PruningEngine that cuts them (engine.py)
     confirm: float = 0.15  # a measurement further than this from the table's prediction is taken
     #                        again before it moves the budget (0 = never): on a shared host two
     #                        readings of 1.46x and 1.75x the prediction left EfficientNet-Lite0
     #                        16% under its budget after 5 rounds (issue 9, BENCHMARKS.md)
+
+    def __post_init__(self):
+        bad = [f"{k} {v}" for k, v, ok in (("max_rounds", self.max_rounds, self.max_rounds >= 1),
+                                           ("margin", self.margin, 0 <= self.margin < 1),
+                                           ("slack", self.slack, 0 <= self.slack < 1),
+                                           ("centre", self.centre, 0 <= self.centre <= 1),
+                                           ("confirm", self.confirm, self.confirm >= 0)) if not ok]
+        if bad:  # NaN fails every comparison, so it is refused too
+            raise UsageError(f"loop settings out of range: {', '.join(bad)} (max_rounds >= 1; margin and slack "
+                             "in [0, 1); centre in [0, 1]; confirm >= 0)")
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
     fit_at, miss_at, tried = None, None, set()
     landed: list[tuple[dict[str, int], float]] = []
     search_budget = max(target_ms, floor)
-    for k in range(1, cfg.max_rounds + 1):
+    for _ in range(cfg.max_rounds):
         result = plan(search_budget)
         key = tuple(sorted(result.widths.items()))
         if key in tried:  # the table maps this budget to widths already measured
@@ -251,10 +262,10 @@ def _warn_if_yardstick_moved(rounds: list[Round]) -> None:
     unpruned one. Far under 1, the candidates read slower than the table predicts them (OpenVINO
     on ResNet-18's smallest picks: 0.74-0.87), which is the table's error at the picks, and the
     rounds and landings correct that."""
-    drift = [r.yardstick for r in rounds if r.yardstick]
-    if not drift or statistics.median(drift) < YARDSTICK_MOVED:
+    drift = statistics.median([r.yardstick for r in rounds if r.yardstick] or [1.0])
+    if drift < YARDSTICK_MOVED:
         return
-    print(f"edgeprune: warning: the unpruned model read {statistics.median(drift):.2f}x as far from the latency table "
+    print(f"edgeprune: warning: the unpruned model read {drift:.2f}x as far from the latency table "
           f"as the pruned candidates did: its own latency moves (weights outgrowing a shared cache?), so a share "
           f"of it is a moving yardstick; an absolute budget (--budget-ms) is steadier here", file=sys.stderr)
 
