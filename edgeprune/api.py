@@ -67,7 +67,9 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     the model; profiles first if no table exists), or ``budget_ratio`` of the unpruned model's
     predicted latency. ``objective``: ``adaptive-bn`` (the default
     when ``data`` is given: candidates scored by val accuracy after BN re-estimation, the trained
-    ``weights`` matter) or ``importance`` (kept channel importance, no data needed)."""
+    ``weights`` matter), ``capacity`` (the most MACs among candidates scoring at least the uniform
+    prune's; an alternative, not better than adaptive-bn so far: ``search.accuracy``) or ``importance`` (kept channel
+    importance, no data needed)."""
     from edgeprune.pipeline import OBJECTIVES, budget_ratio_or_raise, prune_budget_ms
     from edgeprune.search.knapsack import SearchConfig
     from edgeprune.search.knapsack import search as _search
@@ -78,10 +80,10 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     if objective not in OBJECTIVES:
         from edgeprune.errors import unknown
         raise unknown("search objective", objective, OBJECTIVES)
-    if objective == "adaptive-bn" and s.data is None:
-        raise UsageError("the adaptive-bn objective scores candidates on data: pass --data (or --objective importance)")
-    if objective == "adaptive-bn" and not s.trained:
-        raise UsageError(f"the adaptive-bn objective scores a trained model: pass --weights for {model} "
+    if objective != "importance" and s.data is None:
+        raise UsageError(f"the {objective} objective scores candidates on data: pass --data (or --objective importance)")
+    if objective != "importance" and not s.trained:
+        raise UsageError(f"the {objective} objective scores a trained model: pass --weights for {model} "
                          "(prune trains a baseline itself)")
     budget_ms = prune_budget_ms(budget_ms, s) if budget_ratio is None else None
     cfg, table = s.search_config(config or SearchConfig()), s.table()
@@ -90,7 +92,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
         return _search(table, s.scores(), budget_ms, cfg)
     from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
     scorer = AdaptiveBN(s.model, s.input_shape, s.data, s.cfg.importance, abn or AbnConfig(), s.scoring_device())
-    return ShapePlanner(table, scorer, cfg, s.scores())(budget_ms)
+    return ShapePlanner(table, scorer, cfg, s.scores(), objective)(budget_ms)
 
 
 def prune(model: str, out: str | Path, budget_ms: float | None = None, target: str = "ort-cpu",
@@ -103,7 +105,8 @@ def prune(model: str, out: str | Path, budget_ms: float | None = None, target: s
 
     ``objective`` picks what the widths maximise: ``adaptive-bn`` (default) scores candidate
     widths by validation accuracy after BN re-estimation (``accuracy_search.AbnConfig`` in
-    ``abn`` sets how many); ``importance`` keeps the most channel importance per millisecond.
+    ``abn`` sets how many); ``capacity`` takes the most MACs among candidates scoring at least
+    the uniform prune's; ``importance`` keeps the most channel importance per millisecond.
     ``engine`` is the library that physically removes the channels (``torch-pruning`` or
     ``nni``; ``pruning/engine.py``): the group names, the search and the channels kept are the
     same with either. Returns the report as report.json holds it (``typed``: the PruneReport

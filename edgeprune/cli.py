@@ -259,9 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def accuracy_args(c, default):
         g = c.add_argument_group("accuracy search")
-        g.add_argument("--objective", default=default, choices=["adaptive-bn", "importance"],
+        g.add_argument("--objective", default=default, choices=["adaptive-bn", "capacity", "importance"],
                        help="adaptive-bn (default with data): candidates at the budget scored by validation "
-                            "accuracy after BN re-estimation; importance: most channel importance kept per ms")
+                            "accuracy after BN re-estimation; capacity: of those scoring at least the uniform "
+                            "prune's, the most MACs (an alternative, not better than adaptive-bn after "
+                            "fine-tuning so far: BENCHMARKS.md); importance: most channel importance kept per ms")
         g.add_argument("--candidates", type=COUNT, default=32, help="random width shapes scored (adaptive-bn)")
         g.add_argument("--refine", type=COUNT, default=16, help="mutations of the best shapes scored (adaptive-bn)")
         g.add_argument("--search-seed", type=COUNT, default=0, help="seed of the candidate sampling")

@@ -52,14 +52,15 @@ class PruneJob:
     steps: int = 1
     search: SearchConfig = field(default_factory=SearchConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    objective: str = "adaptive-bn"   # or "importance" (kept importance per millisecond, no data needed)
+    objective: str = "adaptive-bn"   # "capacity" (most MACs scoring >= uniform), or "importance"
+    #                                  (kept importance per millisecond, no data needed)
     abn: AbnConfig = field(default_factory=AbnConfig)
     engine: str = "torch-pruning"    # the PruningEngine that cuts the channels (torch-pruning or nni)
     budget_ratio: float | None = None  # instead of budget_ms: this share of the unpruned model's
     #                                    latency, every reading paired with it (search.loop.Anchor)
 
 
-OBJECTIVES = ("adaptive-bn", "importance")
+OBJECTIVES = ("adaptive-bn", "capacity", "importance")  # the first two search candidates on data
 
 
 class Stages:
@@ -189,7 +190,7 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
     from edgeprune.pruning.prune import prune_to_widths
     saved = job.out / f"step{k}.json"
     key = _key(step_budget, table.digest, asdict(cfg), s.widths(current), job.loop.importance, job.objective,
-               asdict(job.abn) if job.objective == "adaptive-bn" else None, anchor is not None)
+               asdict(job.abn) if job.objective != "importance" else None, anchor is not None)
     if saved.exists():
         d = json.loads(saved.read_text())
         if d.get("key") == key:
@@ -221,7 +222,7 @@ def make_planner(s, job: PruneJob, model, table, cfg: SearchConfig):
         return scores
     from edgeprune.search.accuracy import AdaptiveBN, ShapePlanner
     scorer = AdaptiveBN(model, s.input_shape, s.data, job.loop.importance, job.abn, s.scoring_device())
-    return ShapePlanner(table, scorer, cfg, scores)
+    return ShapePlanner(table, scorer, cfg, scores, job.objective)
 
 
 def split_epochs(total: int, steps: int) -> list[int]:

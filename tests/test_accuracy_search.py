@@ -67,8 +67,8 @@ def test_random_and_mutated_shapes_stay_in_range(three):
 class FakeScorer:
     """Scores widths by a known function, so the search's choice can be checked."""
 
-    def __init__(self, f, cfg=None):
-        self.f, self.cfg, self.calls = f, cfg or AbnConfig(samples=12, refine=6), 0
+    def __init__(self, f, cfg=None, macs=lambda w: float(sum(w.values()))):
+        self.f, self.cfg, self.calls, self.macs = f, cfg or AbnConfig(samples=12, refine=6), 0, macs
 
     def __call__(self, widths, screen=False):
         self.calls += 1
@@ -87,6 +87,37 @@ def test_search_returns_the_best_scoring_candidate_and_includes_uniform(three):
     assert r.best.score.accuracy >= r.by_origin("uniform").score.accuracy
     assert r.best.widths["c"] / 256 > r.best.widths["a"] / 64  # it favoured the group that scores
     assert all(c.predicted_ms <= budget for c in r.candidates)
+
+
+def test_capacity_takes_the_most_macs_among_candidates_scoring_at_least_uniform(three):
+    """The score lives in c, MACs in a: adaptive-bn keeps c, capacity spends the budget on a as far
+    as the uniform shape's score allows, never below it (issue 9: at equal latency, MACs ranked
+    6-epoch fine-tunes better than the BN score)."""
+    budget = 0.05 + 0.5 * (three.predict(three.groups) - 0.05)
+    f, m = (lambda w: w["c"] / 256), (lambda w: float(w["a"]))
+    by_score = abn_search(three, FakeScorer(f, macs=m), budget, SearchConfig(), None)
+    by_macs = abn_search(three, FakeScorer(f, macs=m), budget, SearchConfig(), None, objective="capacity")
+    assert [c.widths for c in by_macs.candidates][:1] == [by_score.candidates[0].widths]  # uniform first in both
+    uniform_final = by_macs.by_origin("uniform").final.accuracy
+    assert by_macs.best.final.accuracy >= uniform_final and by_macs.best.predicted_ms <= budget
+    assert by_macs.best.macs == max(c.macs for c in by_macs.candidates
+                                    if c.final is not None and c.final.accuracy >= uniform_final)
+    assert by_macs.best.widths["a"] > by_score.best.widths["a"] and by_macs.best.macs == by_macs.best.widths["a"]
+    assert by_score.best.final.accuracy >= by_macs.best.final.accuracy
+    assert by_macs.best.to_dict()["macs"] == by_macs.best.macs
+
+
+def test_rank_drops_candidates_below_the_uniform_score_and_refuses_unknown_objectives():
+    from edgeprune.search.accuracy import Candidate, rank
+    cand = lambda origin, acc, macs: Candidate(origin, 1.0, {}, {}, 1.0, Score(acc, 0.0), Score(acc, 0.0), macs)
+    pool = [cand("uniform", 0.5, 10), cand("random", 0.4, 30), cand("mutation", 0.6, 20), cand("random", 0.7, 5)]
+    assert [c.macs for c in rank(pool, "capacity")] == [20, 10, 5]  # 30 scored below uniform: dropped
+    assert [c.macs for c in rank(pool, "adaptive-bn", final=True)] == [5, 20, 10, 30]
+    assert [c.macs for c in rank(pool[1:], "capacity")] == [30, 20, 5]  # no uniform: no floor
+    with pytest.raises(UsageError, match="capacity"):
+        rank(pool, "capacty")
+    with pytest.raises(UsageError, match="objective"):
+        ShapePlanner(None, None, SearchConfig(), None, objective="macs")
 
 
 def test_greedy_descent_pays_the_budget_from_the_groups_that_cost_no_accuracy(three):
@@ -175,6 +206,10 @@ def test_adaptive_bn_scores_real_pruned_models(tiny_model, tiny_table):
     assert s1 == s2 and len(scorer.cache) == 1  # cached by widths
     quick = scorer(half, screen=True)
     assert len(scorer.cache) == 2 and 0 <= quick.accuracy <= 1
+    from edgeprune.pruning.baselines import macs
+    from edgeprune.pruning.prune import prune_to_widths
+    assert scorer.macs(half) == macs(prune_to_widths(tiny_model, INPUT_SHAPE, half, "l1"), INPUT_SHAPE)
+    assert scorer.macs(half) < macs(tiny_model, INPUT_SHAPE) and len(scorer.macs_cache) == 1  # counted once
     assert 0 <= s1.accuracy <= 1 and np.isfinite(s1.loss)
     assert widths_of(tiny_model, INPUT_SHAPE) == tiny_table.groups  # the model itself is untouched
 

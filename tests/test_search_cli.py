@@ -17,13 +17,14 @@ def weights(tmp_path):
     return save_weights(build_model("tiny_resnet", num_classes=10), tmp_path / "w.pt")
 
 
-def test_search_scores_candidates_when_given_data(tmp_path, cli, fake_target_file, weights):
+@pytest.mark.parametrize("objective", [[], ["--objective", "capacity"]])
+def test_search_scores_candidates_when_given_data(tmp_path, cli, fake_target_file, weights, objective):
     r = cli(["search", "tiny_resnet", "--target", fake_target_file, "--input-size", SIZE, "--budget-ms", "0.15",
-             "--data", "digits", "--weights", weights, "--candidates", "4", "--refine", "2", "--json",
+             "--data", "digits", "--weights", weights, "--candidates", "4", "--refine", "2", "--json", *objective,
              "--profiles-dir", tmp_path / "p", "--calibrate", "6", "--levels", "3"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["objective"] == "adaptive-bn" and 0 <= out["proxy_accuracy"] <= 1
+    assert out["objective"] == (objective[1] if objective else "adaptive-bn") and 0 <= out["proxy_accuracy"] <= 1
     assert out["predicted_ms"] <= 0.15 and out["kept_importance"] is None
 
 
@@ -50,6 +51,7 @@ def test_search_takes_a_budget_as_a_share_of_the_unpruned_model(tmp_path, cli, f
 
 @pytest.mark.parametrize("args, words", [
     (["--objective", "adaptive-bn"], "--data"),
+    (["--objective", "capacity"], "--data"),
     (["--data", "digits"], "--weights"),
 ])
 def test_search_input_errors_are_one_line(tmp_path, cli, fake_target_file, args, words):

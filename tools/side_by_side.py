@@ -7,6 +7,8 @@ measurement (``baselines.match``: the knob is bisected between a faster and a sl
 tolerance, the baseline kept is the one not faster than edgeprune's model), and all final
 models of a budget are measured interleaved in one run. A baseline tool that cannot prune the
 model (NNI's tracer on EfficientNet-Lite0) is recorded as failed with its error.
+``edgeprune-capacity`` is edgeprune's loop with the search's other objective (``capacity``), its
+shape matched to edgeprune's model like a baseline: one objective against the other.
 
     python tools/side_by_side.py plan --model resnet18 --out runs/sbs-r18      # measure, search, match (serial)
     python tools/side_by_side.py finetune --out runs/sbs-r18 --seeds 0 1 2 --jobs 2
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,8 +35,8 @@ passive_openmp()  # before torch loads
 
 from edgeprune.artifacts.onnxio import atomic_write  # noqa: E402
 
-METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs")
-FIRST = ("edgeprune", "uniform-tp")  # fine-tuned first: the comparison the issue turns on
+METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs", "edgeprune-capacity")
+FIRST = ("edgeprune", "uniform-tp", "edgeprune-capacity")  # fine-tuned first: the comparisons the issue turns on
 
 
 def save_json(path: Path, obj) -> None:
@@ -63,9 +64,7 @@ def open_session(cfg: dict):
 def plan(cfg: dict, only: list[str] | None = None) -> None:
     """Baseline, edgeprune's loop and the baselines in ``only`` (default: all), per budget."""
     from edgeprune.artifacts.onnxio import export_onnx
-    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
     from edgeprune.search.knapsack import SearchConfig
-    from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
     from edgeprune.training.metrics import evaluate
 
     out = Path(cfg["out"])
@@ -83,21 +82,10 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
     for frac in cfg["budgets"]:
         key = f"{frac:g}"
         entry = state["budgets"].setdefault(key, {"budget_ms": frac * state["baseline"]["median_ms"], "methods": {}})
-        budget = entry["budget_ms"]
         methods = entry["methods"]
         if "edgeprune" not in methods:
-            t0 = time.time()
-            scorer = AdaptiveBN(s.model, s.input_shape, s.data, "l1", AbnConfig(**cfg["abn"]))
-            planner = ShapePlanner(table, scorer, scfg, s.scores())
-            # paired with the unpruned model, in the table's units (edgeprune prune --budget-ratio):
-            # the host's drift within the hour drove runs/sbs-eff-25ft's loop through 5 rounds
-            level = table.full_ms
-            anchor = Anchor(Path(state["baseline"]["onnx"]), level) if cfg.get("anchored", True) else None
-            r = fit_budget(s.model, s.input_shape, table, planner, s.target, frac * level if anchor else budget,
-                           scfg, LoopConfig(), anchor)
-            methods["edgeprune"] = record(s, out, key, "edgeprune", r.model, table,
-                                          {"rounds": [x.to_dict() for x in r.rounds], "search_s": round(time.time() - t0, 1),
-                                           "candidates": [c.to_dict() for c in planner.candidates]})
+            model, extra = edgeprune_loop(s, table, state, cfg, frac, "adaptive-bn")
+            methods["edgeprune"] = record(s, out, key, "edgeprune", model, table, extra)
             save_json(out / "plan.json", state)
         ref = Path(methods["edgeprune"]["onnx"])
         goal = methods["edgeprune"]["predicted_ms"]
@@ -107,7 +95,8 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
         for name in [m for m in METHODS[1:] if only is None or m in only]:
             if name not in methods:
                 try:
-                    model, extra = baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"])
+                    model, extra = (capacity_method(s, table, state, cfg, frac, goal, ref) if name == "edgeprune-capacity"
+                                    else baseline_method(name, s, table, goal, ref, methods["edgeprune"]["macs"]))
                     methods[name] = record(s, out, key, name, model, table, extra)
                     entry.pop("interleaved", None)  # a new model: its budget is measured again
                 except Exception as e:  # noqa: BLE001 (a tool that cannot prune this model is a finding)
@@ -117,6 +106,53 @@ def plan(cfg: dict, only: list[str] | None = None) -> None:
         if set(entry.get("interleaved", {})) != {"unpruned", *usable(methods)}:
             entry["interleaved"] = interleaved(s.target, state["baseline"]["onnx"], usable(methods))
             save_json(out / "plan.json", state)
+
+
+def edgeprune_loop(s, table, state: dict, cfg: dict, frac: float, objective: str):
+    """(model, details) of edgeprune's closed loop at ``frac`` of the unpruned latency, its
+    search choosing by ``objective`` (``prune --objective``)."""
+    from edgeprune.search.accuracy import AbnConfig, AdaptiveBN, ShapePlanner
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
+    t0 = time.time()
+    scfg = SearchConfig()
+    scorer = AdaptiveBN(s.model, s.input_shape, s.data, "l1", AbnConfig(**cfg["abn"]))
+    planner = ShapePlanner(table, scorer, scfg, s.scores(), objective)
+    # paired with the unpruned model, in the table's units (edgeprune prune --budget-ratio):
+    # the host's drift within the hour drove runs/sbs-eff-25ft's loop through 5 rounds
+    level = table.full_ms
+    anchor = Anchor(Path(state["baseline"]["onnx"]), level) if cfg.get("anchored", True) else None
+    budget = frac * level if anchor else frac * state["baseline"]["median_ms"]
+    r = fit_budget(s.model, s.input_shape, table, planner, s.target, budget, scfg, LoopConfig(), anchor)
+    return r.model, {"objective": objective, "rounds": [x.to_dict() for x in r.rounds],
+                     "search_s": round(time.time() - t0, 1), "candidates": [c.to_dict() for c in planner.candidates]}
+
+
+def capacity_method(s, table, state: dict, cfg: dict, frac: float, goal_ms: float, ref):
+    """(model, details) of the loop with ``--objective capacity``, its shape then matched to
+    edgeprune's model by measurement like a baseline: two loops on one budget can land a few
+    percent apart on a shared host (runs/sbs15-eff35: 1.054 paired), and the comparison of two
+    objectives must not be a comparison of two latencies. The loop's own model is kept in the
+    details (``loop_*``)."""
+    import tempfile
+
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.pruning import baselines as b
+    from edgeprune.pruning.prune import prune_to_widths, widths_of
+    from edgeprune.search.knapsack import SearchConfig
+    from edgeprune.search.shapes import fit_shape, shape_of
+    model, extra = edgeprune_loop(s, table, state, cfg, frac, "capacity")
+    widths = widths_of(model, s.input_shape)
+    shape = shape_of(table, widths)
+    with tempfile.TemporaryDirectory() as tmp:
+        loop_ratio = b.paired_ratio(s.target, ref, export_onnx(model, s.input_shape, Path(tmp) / "loop.onnx"))[0]
+    extra.update(loop_widths=widths, loop_predicted_ms=table.predict(widths), loop_macs=b.macs(model, s.input_shape),
+                 loop_paired_vs_edgeprune=loop_ratio)
+    build = lambda ms: prune_to_widths(s.model, s.input_shape, fit_shape(table, shape, ms, SearchConfig()))  # noqa: E731
+    m = b.match(build, b.predicted_ms(table, s.input_shape), goal_ms, 0.5 * goal_ms, 1.5 * goal_ms,
+                s.target, ref, s.input_shape)
+    return m.model, {**extra, "knob": m.knob, "match_attempts": m.attempts, "match_tries": m.tries,
+                     "paired_vs_edgeprune": m.confirmed, "paired_ci": list(m.confirmed_ci)}
 
 
 def routes(s, table, goal_ms: float, scfg, chosen: dict, cfg: dict) -> dict:
@@ -293,119 +329,17 @@ def derive(cfg: dict, src: Path, to: Path, epochs: int, budgets: list[float]) ->
     return 0
 
 
-# --- summary -----------------------------------------------------------------------------------
+# --- summary (tools/sbs_summary.py renders it) ------------------------------------------------------
 
 def summarise(cfg: dict) -> dict:
+    from sbs_summary import markdown, pareto, summary_of
     out = Path(cfg["out"])
-    state = _load(out / "plan.json")
     results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
-    rows = []
-    for key, entry in state["budgets"].items():
-        inter = entry.get("interleaved", {})
-        for name, m in entry["methods"].items():
-            if "failed" in m:
-                rows.append({"budget": key, "method": name, "failed": m["failed"]})
-                continue
-            rs = [r for r in results if r["budget"] == key and r["method"] == name]
-            acc = [r["finetuned"] for r in rs]
-            readings = paired_readings(m)
-            rows.append({"budget": key, "method": name, "paired_vs_edgeprune": statistics.median(readings),
-                         "paired_readings": readings,
-                         "paired_ci": m["paired_ci"], "interleaved_ms": inter.get(name, {}).get("median_ms"),
-                         "macs_m": m["macs"] / 1e6, "proxy_val_accuracy": m["proxy_val_accuracy"],
-                         "recalibrated": _mean([r["recalibrated"] for r in rs]),
-                         "finetuned_mean": _mean(acc), "finetuned_sd": statistics.stdev(acc) if len(acc) > 1 else None,
-                         "seeds": [r["seed"] for r in rs], "finetuned": acc})
-    summary = {"config": cfg, "baseline": state["baseline"], "rows": rows,
-               "routes": {k: e.get("routes", {}) for k, e in state["budgets"].items()}}
+    summary = summary_of(cfg, _load(out / "plan.json"), results)
     save_json(out / "summary.json", summary)
     (out / "summary.md").write_text(markdown(summary))
     pareto(summary, out / "pareto.png")
     return summary
-
-
-def paired_readings(m: dict) -> list[float]:
-    """Every paired reading of a model against edgeprune's: the matching try that was kept, its
-    confirmation, and the reading taken when it was recorded. On a host whose shared cache the
-    neighbours fill, one reading of a pair of models with different weight sizes moves by up to
-    ±15% (ResNet-18 at 35%); the summary gives their median and all of them, ``recheck``'s
-    included. (Plans written
-    before the confirmation became the recorded reading list it apart, as ``match_confirmed``.)"""
-    kept = [r for k, r in m.get("match_tries") or [] if m.get("knob") is not None and abs(k - m["knob"]) < 1e-5]
-    return [round(x, 4) for x in [*kept[:1], m.get("match_confirmed"), m["paired_vs_edgeprune"],
-                                  *m.get("paired_rechecks", [])] if x is not None]
-
-
-def pareto(summary: dict, path: Path) -> None:
-    """Fine-tuned accuracy (mean, sd over seeds) against latency, per method. A model's latency
-    is edgeprune's interleaved median at that budget times the model's paired ratio to it: on a
-    shared host each model's own least-disturbed window can read 20% off the paired ratio."""
-    from edgeprune.reports.plots import Point, pareto_png
-    series: dict[str, list] = {}
-    anchor = {r["budget"]: r["interleaved_ms"] for r in summary["rows"] if r["method"] == "edgeprune"}
-    for r in summary["rows"]:
-        if r.get("finetuned_mean") is not None and anchor.get(r["budget"]) is not None:
-            series.setdefault(r["method"], []).append(
-                Point(anchor[r["budget"]] * r["paired_vs_edgeprune"], r["finetuned_mean"], r["finetuned_sd"],
-                      f"{float(r['budget']):.0%}"))
-    b = summary["baseline"]
-    series["unpruned"] = [Point(b["median_ms"], b["test_accuracy"])]
-    cfg = summary["config"]
-    pareto_png(series, path, f"{cfg['model']} on {cfg['target']}: fine-tuned accuracy at measured latency",
-               "latency (ms): edgeprune's interleaved median × each model's paired ratio to it")
-
-
-def markdown(summary: dict) -> str:
-    b = summary["baseline"]
-    lines = [f"Unpruned: {b['median_ms']:.4f} ms, test accuracy {b['test_accuracy']:.2%}", "",
-             "| budget | method | latency vs edgeprune (paired: median; readings) | interleaved median | MACs (M) | val acc after BN re-est. | test acc after BN re-est. | after fine-tune, mean ± sd (n) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        if "failed" in r:
-            lines.append(f"| {float(r['budget']):.0%} | {r['method']} | failed: {r['failed']} |||||| ")
-            continue
-        ft = "—" if r["finetuned_mean"] is None else (
-            f"{r['finetuned_mean']:.2%} ± {100 * (r['finetuned_sd'] or 0):.2f} ({len(r['finetuned'])})")
-        inter = "—" if r["interleaved_ms"] is None else f"{r['interleaved_ms']:.4f} ms"
-        recal = "—" if r["recalibrated"] is None else f"{r['recalibrated']:.1%}"
-        readings = " / ".join(f"{x:.3f}" for x in r["paired_readings"])
-        lines.append(f"| {float(r['budget']):.0%} | {r['method']} | {r['paired_vs_edgeprune']:.3f} "
-                     f"({readings}) | {inter} | {r['macs_m']:.1f} | "
-                     f"{r['proxy_val_accuracy']:.1%} | {recal} | {ft} |")
-    lines += paired_by_seed(summary["rows"])
-    routes = [(k, name, x) for k, rs in summary.get("routes", {}).items() for name, x in rs.items()]
-    if routes:
-        steps = summary["config"].get("abn", {}).get("finetune_steps", 0)
-        score = f"after BN re-est. and {steps} distillation steps" if steps else "after BN re-est."
-        lines += ["", f"Routes of the accuracy side at edgeprune's predicted latency (val accuracy {score}, "
-                  "the search's score):", "",
-                  f"| budget | route | predicted | val acc {score} |", "|---|---|---|---|"]
-        lines += [f"| {float(k):.0%} | {name} | {x['predicted_ms']:.4f} ms | {x['proxy_val_accuracy']:.1%} |"
-                  for k, name, x in routes]
-    return "\n".join(lines) + "\n"
-
-
-def paired_by_seed(rows: list[dict]) -> list[str]:
-    """edgeprune minus each baseline, seed by seed (the same seed fine-tunes both): the pairs the
-    issue's claims rest on, since a seed moves every method of a budget alike."""
-    acc = {(r["budget"], r["method"]): dict(zip(r["seeds"], r["finetuned"])) for r in rows if "failed" not in r}
-    out = []
-    for (key, name), by_seed in acc.items():
-        ours = acc.get((key, "edgeprune"), {})
-        seeds = sorted(set(ours) & set(by_seed))
-        if name == "edgeprune" or not seeds:
-            continue
-        d = [100 * (ours[k] - by_seed[k]) for k in seeds]
-        sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
-        out.append(f"| {float(key):.0%} | {name} | {' / '.join(f'{x:+.2f}' for x in d)} | "
-                   f"{statistics.fmean(d):+.2f}{sd} | {sum(x > 0 for x in d)} of {len(d)} |")
-    head = ["", "edgeprune minus each baseline after fine-tuning, seed by seed (points):", "",
-            "| budget | method | by seed | mean ± sd | edgeprune ahead |", "|---|---|---|---|---|"]
-    return head + out if out else []
-
-
-def _mean(xs):
-    return statistics.fmean(xs) if xs else None
 
 
 def _load(path: Path):

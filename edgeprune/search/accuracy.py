@@ -14,6 +14,19 @@ the best few refine it. Each candidate is pruned
 from a copy of the model, BN-recalibrated on ``calib_batches`` training batches and scored on
 the held-out validation split. The best shape is what the closed loop rescales if the measured
 latency asks it to tighten.
+
+Two objectives choose among the candidates (``rank``): ``adaptive-bn`` takes the best score;
+``capacity`` takes the most MACs among those that score at least as well as the uniform shape.
+Why the second: the BN score says what a prune *kept*, not what it can still *learn*. At
+EfficientNet-Lite0's 35% budget, 19 shapes on one predicted latency, each fine-tuned 6 epochs
+(issue 9, tools/proxy_rank.py and tools/rank_features.py, BENCHMARKS.md), the BN score ranked
+the fine-tuned accuracy at Spearman +0.38 and MACs at +0.71 (+0.60 on the 12 shapes drawn after
+MACs was proposed); the four shapes scoring below uniform included three of the four worst.
+At equal latency, MACs measure how much of the budget buys arithmetic in the early,
+high-resolution layers rather than weights in the late ones. Tested where it was not chosen
+(new baseline and table, 3 seeds, latency matched), its pick scored 85.41% ± 0.52 against
+adaptive-bn's 85.84% ± 0.03 and the uniform prune's 85.06%: not better than the default, so
+``adaptive-bn`` stays the default and ``capacity`` an alternative.
 """
 from __future__ import annotations
 
@@ -86,6 +99,7 @@ class Candidate:
     predicted_ms: float
     screen: Score                       # the cheap score every candidate gets
     final: Score | None = None          # the full score, for finalists
+    macs: float = 0.0                   # multiply-accumulates of the pruned model (objective capacity)
 
     @property
     def score(self) -> Score:
@@ -93,7 +107,8 @@ class Candidate:
 
     def to_dict(self) -> dict:
         d = {"origin": self.origin, "budget_ms": round(self.budget_ms, 5), "widths": self.widths,
-             "predicted_ms": round(self.predicted_ms, 5), "screen_accuracy": round(self.screen.accuracy, 5)}
+             "predicted_ms": round(self.predicted_ms, 5), "screen_accuracy": round(self.screen.accuracy, 5),
+             "macs": self.macs}
         if self.final is not None:
             d.update(accuracy=round(self.final.accuracy, 5), loss=round(self.final.loss, 5))
         return d
@@ -121,15 +136,25 @@ class AdaptiveBN:
         vidx = torch.randperm(len(vx), generator=gen)[: cfg.eval_samples]
         self.val = (vx[vidx].to(self.device), vy[vidx].to(self.device))
         self.cache: dict[tuple, Score] = {}
+        self.macs_cache: dict[tuple, float] = {}
         self.distill = self._distillation_batches(data, gen) if cfg.finetune_steps else []
 
     def __call__(self, widths: dict[str, int], screen: bool = False) -> Score:
         key = (tuple(sorted(widths.items())), screen)
         if key not in self.cache:
+            from edgeprune.pruning.baselines import macs
             from edgeprune.pruning.prune import prune_to_widths
             pruned = prune_to_widths(self.model, self.input_shape, widths, self.importance)
+            self.macs_cache.setdefault(key[0], macs(pruned, self.input_shape))
             self.cache[key] = self.score(pruned.to(self.device), screen)
         return self.cache[key]
+
+    def macs(self, widths: dict[str, int]) -> float:
+        """MACs of the pruned model (counted when the widths were first scored)."""
+        key = tuple(sorted(widths.items()))
+        if key not in self.macs_cache:
+            self(widths, screen=True)
+        return self.macs_cache[key]
 
     def score(self, model: nn.Module, screen: bool = False) -> Score:
         """Accuracy and loss of ``model`` (changed in place) after BN re-estimation; for the full
@@ -207,9 +232,27 @@ class AbnResult:
         return len({tuple(sorted(c.widths.items())) for c in self.candidates}) < 2
 
 
+OBJECTIVES = ("adaptive-bn", "capacity")
+
+
+def rank(cands: list[Candidate], objective: str, final: bool = False) -> list[Candidate]:
+    """``cands`` best first by ``objective`` on their screen (or ``final``) scores: adaptive-bn
+    by score; capacity by MACs among those scoring at least the uniform shape's (the others are
+    dropped; without a uniform candidate, none is)."""
+    score = (lambda c: c.final) if final else (lambda c: c.screen)
+    if objective == "adaptive-bn":
+        return sorted(cands, key=lambda c: score(c).key(), reverse=True)
+    if objective != "capacity":
+        from edgeprune.errors import unknown
+        raise unknown("search objective", objective, OBJECTIVES)
+    floor = max((score(c).accuracy for c in cands if c.origin.endswith("uniform")), default=0.0)
+    return sorted((c for c in cands if score(c).accuracy >= floor), key=lambda c: (c.macs, score(c).key()),
+                  reverse=True)
+
+
 def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: SearchConfig,
-               importance_scores: dict[str, np.ndarray] | None = None) -> AbnResult:
-    """The best-scoring candidate among shapes scaled to ``budget_ms`` (see the module doc)."""
+               importance_scores: dict[str, np.ndarray] | None = None, objective: str = "adaptive-bn") -> AbnResult:
+    """The best candidate by ``objective`` among shapes scaled to ``budget_ms`` (see the module doc)."""
     t0 = time.perf_counter()
     acfg = scorer.cfg
     rng = np.random.default_rng(acfg.seed)
@@ -218,7 +261,7 @@ def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: S
     def add(origin: str, shape: Shape) -> None:
         widths = fit_shape(table, shape, budget_ms, cfg)
         pool.append(Candidate(origin, budget_ms, shape_of(table, widths), widths, table.predict(widths),
-                              scorer(widths, screen=True)))
+                              scorer(widths, screen=True), macs=scorer.macs(widths)))
 
     add("uniform", uniform(table))
     if importance_scores is not None:
@@ -229,15 +272,13 @@ def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: S
     for _ in range(acfg.samples):
         add("random", random_shape(table, rng, cfg.min_ratio))
     for _ in range(acfg.refine):
-        parents = sorted(pool, key=lambda c: c.screen.key(), reverse=True)[: acfg.parents]
+        parents = rank(pool, objective)[: acfg.parents]
         add("mutation", mutate(parents[rng.integers(len(parents))].shape, rng))
-    ranked = sorted(pool, key=lambda c: c.screen.key(), reverse=True)
     references = [c for c in pool if c.origin in REFERENCES]
-    finalists = references + [c for c in ranked if c not in references][: acfg.finalists]
+    finalists = references + [c for c in rank(pool, objective) if c not in references][: acfg.finalists]
     for c in finalists:
         c.final = scorer(c.widths)
-    best = max(finalists, key=lambda c: c.final.key())
-    return AbnResult(best, pool, time.perf_counter() - t0)
+    return AbnResult(rank(finalists, objective, final=True)[0], pool, time.perf_counter() - t0)
 
 
 REFERENCES = ("uniform", "importance", "greedy")  # always given the full score
@@ -288,12 +329,13 @@ class ShapePlanner:
     the unpruned model fits; the loop's measurement then said it does not) never stands for
     another budget."""
 
-    objective = "adaptive-bn"
     RESEARCH = 0.05
 
     def __init__(self, table: LatencyTable, scorer: AdaptiveBN, cfg: SearchConfig,
-                 importance_scores: dict[str, np.ndarray] | None = None):
+                 importance_scores: dict[str, np.ndarray] | None = None, objective: str = "adaptive-bn"):
+        rank([], objective)  # an unknown objective fails here, not after the first search
         self.table, self.scorer, self.cfg, self.scores = table, scorer, cfg, importance_scores
+        self.objective = objective
         self.searches: list[tuple[float, AbnResult]] = []
         self.rescaled: list[Candidate] = []  # finalists re-scored at the budgets the loop moved to
 
@@ -319,9 +361,9 @@ class ShapePlanner:
             widths = fit_shape(self.table, c.shape, budget_ms, self.cfg)
             score = self.scorer(widths)
             rescored.append(Candidate(f"rescaled {c.origin}", budget_ms, c.shape, widths,
-                                      self.table.predict(widths), score, score))
+                                      self.table.predict(widths), score, score, self.scorer.macs(widths)))
         self.rescaled += rescored
-        return max(rescored, key=lambda c: c.final.key()).widths
+        return rank(rescored, self.objective, final=True)[0].widths
 
     def __call__(self, budget_ms: float) -> SearchResult:
         t0 = time.perf_counter()
@@ -330,7 +372,7 @@ class ShapePlanner:
         if near:
             widths = self._rescale(min(near, key=lambda x: x[0])[1], budget_ms)
         else:
-            found = abn_search(self.table, self.scorer, budget_ms, self.cfg, self.scores)
+            found = abn_search(self.table, self.scorer, budget_ms, self.cfg, self.scores, self.objective)
             self.searches.append((budget_ms, found))
             widths = found.best.widths
         return SearchResult(widths, self.table.predict(widths), budget_ms, self.table.predict(self.table.groups),
