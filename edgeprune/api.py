@@ -70,7 +70,7 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     ``weights`` matter), ``capacity`` (the most MACs among candidates scoring at least the uniform
     prune's; an alternative, not better than adaptive-bn so far: ``search.accuracy``) or ``importance`` (kept channel
     importance, no data needed)."""
-    from edgeprune.pipeline import OBJECTIVES, budget_ratio_or_raise, prune_budget_ms
+    from edgeprune.pipeline import OBJECTIVES, SCORED_OBJECTIVES, budget_ratio_or_raise, prune_budget_ms
     from edgeprune.search.knapsack import SearchConfig
     from edgeprune.search.knapsack import search as _search
     from edgeprune.session import Session, SessionConfig
@@ -80,9 +80,9 @@ def search(model: str, budget_ms: float | None = None, target: str = "ort-cpu", 
     if objective not in OBJECTIVES:
         from edgeprune.errors import unknown
         raise unknown("search objective", objective, OBJECTIVES)
-    if objective != "importance" and s.data is None:
+    if objective in SCORED_OBJECTIVES and s.data is None:
         raise UsageError(f"the {objective} objective scores candidates on data: pass --data (or --objective importance)")
-    if objective != "importance" and not s.trained:
+    if objective in SCORED_OBJECTIVES and not s.trained:
         raise UsageError(f"the {objective} objective scores a trained model: pass --weights for {model} "
                          "(prune trains a baseline itself)")
     budget_ms = prune_budget_ms(budget_ms, s) if budget_ratio is None else None

@@ -24,6 +24,7 @@ from edgeprune.errors import UsageError, budget_ms_or_raise
 from edgeprune.reports.build import PruneOutcome, build_report
 from edgeprune.reports.model import PruneReport
 from edgeprune.runtime.timing import Latency
+from edgeprune.search.accuracy import OBJECTIVES as SCORED_OBJECTIVES
 from edgeprune.search.accuracy import AbnConfig
 from edgeprune.search.knapsack import SearchConfig, SearchResult
 from edgeprune.search.loop import (
@@ -60,7 +61,7 @@ class PruneJob:
     #                                    latency, every reading paired with it (search.loop.Anchor)
 
 
-OBJECTIVES = ("adaptive-bn", "capacity", "importance")  # the first two search candidates on data
+OBJECTIVES = (*SCORED_OBJECTIVES, "importance")  # the scored ones search candidates on data
 
 
 class Stages:
@@ -190,7 +191,7 @@ def fit_step(s, job: PruneJob, current, table, step_budget: float, cfg: SearchCo
     from edgeprune.pruning.prune import prune_to_widths
     saved = job.out / f"step{k}.json"
     key = _key(step_budget, table.digest, asdict(cfg), s.widths(current), job.loop.importance, job.objective,
-               asdict(job.abn) if job.objective != "importance" else None, anchor is not None)
+               asdict(job.abn) if job.objective in SCORED_OBJECTIVES else None, anchor is not None)
     if saved.exists():
         d = json.loads(saved.read_text())
         if d.get("key") == key:

@@ -85,3 +85,16 @@ def test_prune_json_prints_the_report(tmp_path, cli, fake_target_file):
     report = json.loads(r.stdout)
     assert report == json.loads((tmp_path / "out" / "report.json").read_text())
     assert (r.returncode == 0) == report["within_budget"]
+
+
+@pytest.mark.parametrize("command", ["search", "prune"])
+def test_the_objective_choices_are_the_pipelines(command):
+    """The CLI spells its choices out (it imports nothing heavy at start-up); they must stay the
+    objectives the pipeline and the search accept."""
+    import argparse
+
+    from edgeprune.cli import build_parser
+    from edgeprune.pipeline import OBJECTIVES
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    (objective,) = [a for a in sub._actions if "--objective" in a.option_strings]
+    assert tuple(objective.choices) == OBJECTIVES

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
 import sys
 from pathlib import Path
@@ -77,17 +76,20 @@ def main() -> int:
     p.add_argument("--first", type=int, default=7, help="shapes the features were chosen on")
     a = p.parse_args()
     run = Path(a.run)
+    if a.first < 0:
+        p.error(f"--first is a count of shapes, >= 0 (got {a.first})")
     if not (run / "proxy-rank.json").is_file():
         p.error(f"no {run / 'proxy-rank.json'}: run tools/proxy_rank.py first")
     import torch
     from scipy.stats import spearmanr
+    from side_by_side import open_session, save_json
 
     from edgeprune.pruning.baselines import macs
-    from side_by_side import open_session, save_json
     torch.set_num_threads(1)
     s = open_session(json.loads((run / "config.json").read_text()))
     shapes = json.loads((run / "proxy-rank.json").read_text())["shapes"]
-    results = {Path(f).name[5:-8]: json.loads(Path(f).read_text())["finetuned"] for f in glob.glob(str(run / "results" / "rank-*-s0.json"))}
+    results = {f.name.removeprefix("rank-").removesuffix("-s0.json"): json.loads(f.read_text())["finetuned"]
+               for f in (run / "results").glob("rank-*-s0.json")}
     x, y = s.data.train.tensors
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:640]
     batches = [(x[idx[i:i + 64]], y[idx[i:i + 64]]) for i in range(0, 640, 64)]

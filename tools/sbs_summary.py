@@ -27,9 +27,8 @@ def summary_of(cfg: dict, state: dict, results: list[dict]) -> dict:
                          "recalibrated": _mean([r["recalibrated"] for r in rs]),
                          "finetuned_mean": _mean(acc), "finetuned_sd": statistics.stdev(acc) if len(acc) > 1 else None,
                          "seeds": [r["seed"] for r in rs], "finetuned": acc})
-    summary = {"config": cfg, "baseline": state["baseline"], "rows": rows,
-               "routes": {k: e.get("routes", {}) for k, e in state["budgets"].items()}}
-    return summary
+    return {"config": cfg, "baseline": state["baseline"], "rows": rows,
+            "routes": {k: e.get("routes", {}) for k, e in state["budgets"].items()}}
 
 
 def paired_readings(m: dict) -> list[float]:
@@ -98,15 +97,18 @@ def paired_by_seed(rows: list[dict]) -> list[str]:
     same seed fine-tunes both): the pairs the issue's claims rest on, since a seed moves every
     method of a budget alike."""
     acc = {(r["budget"], r["method"]): dict(zip(r["seeds"], r["finetuned"])) for r in rows if "failed" not in r}
+    keys = list(acc)
     out = []
-    for (key, ours_name), ours in acc.items():
+    for i, (key, ours_name) in enumerate(keys):
         if not ours_name.startswith("edgeprune"):
             continue
-        for (k2, name), by_seed in acc.items():
-            seeds = sorted(set(ours) & set(by_seed))
-            if k2 != key or name == ours_name or (name == "edgeprune" and ours_name != "edgeprune") or not seeds:
-                continue  # edgeprune against edgeprune-capacity is listed once, from edgeprune's side
-            d = [100 * (ours[k] - by_seed[k]) for k in seeds]
+        ours = acc[key, ours_name]
+        # every other model of the budget; another edgeprune model only once, from the earlier one's side
+        for key2, name in keys[i + 1:] + [k for k in keys[:i] if not k[1].startswith("edgeprune")]:
+            seeds = sorted(set(ours) & set(acc[key2, name]))
+            if key2 != key or not seeds:
+                continue
+            d = [100 * (ours[k] - acc[key2, name][k]) for k in seeds]
             sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
             out.append(f"| {float(key):.0%} | {ours_name} − {name} | {' / '.join(f'{x:+.2f}' for x in d)} | "
                        f"{statistics.fmean(d):+.2f}{sd} | {sum(x > 0 for x in d)} of {len(d)} |")

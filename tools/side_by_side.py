@@ -148,11 +148,12 @@ def capacity_method(s, table, state: dict, cfg: dict, frac: float, goal_ms: floa
         loop_ratio = b.paired_ratio(s.target, ref, export_onnx(model, s.input_shape, Path(tmp) / "loop.onnx"))[0]
     extra.update(loop_widths=widths, loop_predicted_ms=table.predict(widths), loop_macs=b.macs(model, s.input_shape),
                  loop_paired_vs_edgeprune=loop_ratio)
-    build = lambda ms: prune_to_widths(s.model, s.input_shape, fit_shape(table, shape, ms, SearchConfig()))  # noqa: E731
+
+    def build(predicted_ms: float):  # the shape at a predicted latency: the knob the match turns
+        return prune_to_widths(s.model, s.input_shape, fit_shape(table, shape, predicted_ms, SearchConfig()))
     m = b.match(build, b.predicted_ms(table, s.input_shape), goal_ms, 0.5 * goal_ms, 1.5 * goal_ms,
                 s.target, ref, s.input_shape)
-    return m.model, {**extra, "knob": m.knob, "match_attempts": m.attempts, "match_tries": m.tries,
-                     "paired_vs_edgeprune": m.confirmed, "paired_ci": list(m.confirmed_ci)}
+    return m.model, {**extra, **matched(m)}
 
 
 def routes(s, table, goal_ms: float, scfg, chosen: dict, cfg: dict) -> dict:
@@ -189,8 +190,13 @@ def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
         build = lambda r: cache[r] if r in cache else cache.setdefault(r, b.global_magnitude(s.model, s.input_shape, r))
         knob = b.bisect(lambda r: b.macs(build(r), s.input_shape), ref_macs, 0.0, 0.9)
         return build(knob), {"knob": knob}
-    return m.model, {"knob": m.knob, "match_attempts": m.attempts, "match_tries": m.tries,
-                     "paired_vs_edgeprune": m.confirmed, "paired_ci": list(m.confirmed_ci)}
+    return m.model, matched(m)
+
+
+def matched(m) -> dict:
+    """What a latency match records: the knob kept, every try, and the confirming paired reading."""
+    return {"knob": m.knob, "match_attempts": m.attempts, "match_tries": m.tries,
+            "paired_vs_edgeprune": m.confirmed, "paired_ci": list(m.confirmed_ci)}
 
 
 def record(s, out: Path, key: str, name: str, model, table, extra: dict) -> dict:
