@@ -8,11 +8,14 @@ period (issue 9, item 7: "the loop done in <= 2 rounds").
 The two loops run in turn (absolute, anchored, absolute, ...), each from a fresh table without
 landings (``--landings``: each loop corrected by the readings of the loops before it), with
 the kept-importance planner (no data: the latency side alone). The absolute budget is the share
-of one reading of the unpruned model taken at the start, as a user who measured once would set it. Every kept model is then measured against the unpruned model in
+of one reading of the unpruned model taken at the start, as a user who measured once would set
+it. Every kept model is then measured against the unpruned model in
 alternating blocks, in one pass at the end: its paired share says where each loop really landed,
 against the aim (the share times 1 - the loop's margin). ``--centres`` runs each loop once per
 ``LoopConfig.centre`` in turn: 0 aims every step at the aim itself, the top of the window a fit
 must land in (the loop before session 13), 0.5 at the window's middle (the default now).
+``--grows`` does the same for ``LoopConfig.grow``: 1 grows a first fit far under the aim only
+on a confirmed reading (the loop before session 16), 0.10 whenever it lands 10% under.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ passive_openmp()  # before torch loads
 def run_loops(a) -> tuple[list[dict], Path, object]:
     from edgeprune.artifacts.onnxio import export_onnx
     from edgeprune.search.knapsack import SearchConfig
-    from edgeprune.search.loop import Anchor, LoopConfig, fit_budget
+    from edgeprune.search.loop import Anchor, fit_budget
     from edgeprune.session import Session, SessionConfig
     s = Session.open(SessionConfig(model=a.model, target=a.target, input_size=a.input_size,
                                    profiles_dir=a.profiles_dir, landings=a.landings, progress=False))
@@ -46,24 +49,37 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
     rows = []
     for frac in a.budgets:
         for rep in range(a.repeats):
-            for mode, centre in [(m, c) for m in a.modes for c in a.centres]:
-                label = mode if len(a.centres) == 1 else f"{mode}, centre {centre:g}"
+            for mode, (name, cfg) in [(m, v) for m in a.modes for v in variants(a)]:
+                label = f"{mode}, {name}" if name else mode
                 anchor = Anchor(unpruned, level) if mode == "anchored" else None
                 budget = frac * (level if anchor else start_ms)
                 t0 = time.perf_counter()
                 try:
                     r = fit_budget(s.model, s.input_shape, table, scores, s.target, budget, scfg,
-                                   LoopConfig(centre=centre), anchor)
+                                   cfg, anchor)
                 except Exception as e:  # noqa: BLE001 (a loop that gives up is a finding)
                     rows.append({"budget": frac, "repeat": rep, "mode": label, "failed": f"{type(e).__name__}: {e}"[:200]})
                     continue
-                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}-{centre:g}.onnx")
+                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}-{cfg.centre:g}-{cfg.grow:g}.onnx")
                 rows.append({"budget": frac, "repeat": rep, "mode": label, "onnx": str(path),
                              "rounds": len(r.rounds), "seconds": round(time.perf_counter() - t0, 1),
                              "predicted_ms": r.search.predicted_ms, "loop_reading_ms": r.latency.median_ms,
                              "readings": [x.to_dict() for x in r.rounds]})
                 print(f"{frac:g} #{rep} {label}: {len(r.rounds)} rounds, predicted {r.search.predicted_ms:.4f}", flush=True)
     return rows, unpruned, s.target
+
+
+def variants(a) -> list[tuple[str, object]]:
+    """(label, LoopConfig) for every --centres x --grows setting; the label names only the
+    settings that vary, so a study of one setting reads as before."""
+    from edgeprune.search.loop import LoopConfig
+    out = []
+    for centre in a.centres:
+        for grow in a.grows:
+            name = ", ".join(s for s, many in ((f"centre {centre:g}", len(a.centres) > 1),
+                                               (f"grow {grow:g}", len(a.grows) > 1)) if many)
+            out.append((name, LoopConfig(centre=centre, grow=grow)))
+    return out
 
 
 def landed(rows: list[dict], unpruned: Path, target, margin: float) -> None:
@@ -141,7 +157,10 @@ def main() -> int:
                         "each loop learns from the ones before it, as successive prune runs do")
     p.add_argument("--centres", nargs="+", type=float, default=[0.5],
                    help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
-    a = parse_study(p, lambda a: all(0 <= c <= 1 for c in a.centres), "--centres in [0, 1]")
+    p.add_argument("--grows", nargs="+", type=float, default=[0.10],
+                   help="LoopConfig.grow values, in turn with each centre (1 = a first fit is grown only on a confirmed reading)")
+    a = parse_study(p, lambda a: all(0 <= c <= 1 for c in a.centres) and all(0 < g <= 1 for g in a.grows),
+                    "--centres in [0, 1]; --grows in (0, 1]")
     from side_by_side import save_json
 
     from edgeprune.search.loop import LoopConfig

@@ -3,13 +3,14 @@
 At EfficientNet-Lite0's 25% cell the search's score put its pick 4.6 points above the uniform
 prune, and three epochs of fine-tuning left them tied (BENCHMARKS.md, session 11). This asks the
 question over more shapes than two: edgeprune's pick, the uniform shape and ``--random`` random
-shapes, each put on the pick's *predicted* latency (``fit_shape``), are scored as the search
-scores a candidate (BN re-estimation alone, and after ``--finetune-steps`` distillation steps),
-then fine-tuned with the run's recipe (``side_by_side.py``'s own worker) once per ``--seeds``.
-Spearman's rank correlation of each score with the fine-tuned accuracy (mean over seeds) says
-whether the score can choose between shapes there; with one seed the truth it is ranked against
-carries the fine-tune's own seed noise (0.78 points apart for one model, session 11). Scores and results are kept in RUN/proxy-rank.json and RUN/results, so an
-interrupted study resumes.
+shapes (and ``--finalists``: the search's best-scored other shapes), each put on the pick's
+*predicted* latency (``fit_shape``), are scored as the search scores a candidate (BN
+re-estimation alone, and after ``--finetune-steps`` distillation steps), then fine-tuned with
+the run's recipe (``side_by_side.py``'s own worker) once per ``--seeds``. Spearman's rank
+correlation of each score with the fine-tuned accuracy (mean over seeds) says whether the score
+can choose between shapes there; with one seed the truth it is ranked against carries the
+fine-tune's own seed noise (0.78 points apart for one model, session 11). Scores and results
+are kept in RUN/proxy-rank.json and RUN/results, so an interrupted study resumes.
 
     python tools/proxy_rank.py --run runs/sbs-eff-25ft2 --budget 0.25 --random 5 --jobs 2 [--seeds 0 1 2]
 """
@@ -29,17 +30,27 @@ from edgeprune.runtime.cpus import passive_openmp  # noqa: E402
 passive_openmp()  # before torch loads
 
 
-def shapes(s, table, plan_entry: dict, goal_ms: float, n_random: int, seed: int) -> dict[str, dict[str, int]]:
-    """Widths of every shape at ``goal_ms`` predicted (edgeprune's pick as it was chosen)."""
+def shapes(s, table, plan_entry: dict, goal_ms: float, n_random: int, seed: int,
+           n_finalists: int = 0) -> dict[str, dict[str, int]]:
+    """Widths of every shape at ``goal_ms`` predicted (edgeprune's pick as it was chosen), and
+    of the search's ``n_finalists`` best-scored other shapes (its runners-up), fitted to it."""
     import numpy as np
 
     from edgeprune.search.knapsack import SearchConfig
-    from edgeprune.search.shapes import fit_shape, random_shape, uniform
+    from edgeprune.search.shapes import fit_shape, random_shape, shape_of, uniform
     rng, cfg = np.random.default_rng(seed), SearchConfig()
     out = {"edgeprune": dict(plan_entry["methods"]["edgeprune"]["widths"]),
            "uniform": fit_shape(table, uniform(table), goal_ms, cfg)}
     for i in range(n_random):
         out[f"random{i}"] = fit_shape(table, random_shape(table, rng), goal_ms, cfg)
+    scored = sorted((c for c in plan_entry["methods"]["edgeprune"].get("candidates", []) if "accuracy" in c),
+                    key=lambda c: -c["accuracy"])
+    seen = [out["edgeprune"], out["uniform"]]
+    for c in scored:
+        w = fit_shape(table, shape_of(table, c["widths"]), goal_ms, cfg)
+        if sum(1 for k in out if k.startswith("finalist")) < n_finalists and w not in seen:
+            out[f"finalist{len(seen) - 2}"] = w
+            seen.append(w)
     return out
 
 
@@ -106,20 +117,20 @@ def main() -> int:
     p.add_argument("--run", required=True, help="a side_by_side.py output directory")
     p.add_argument("--budget", default="0.25", help="the budget key in its plan.json")
     p.add_argument("--random", type=int, default=5, help="random shapes besides the pick and the uniform one")
+    p.add_argument("--finalists", type=int, default=0, help="the search's best-scored other shapes (runners-up)")
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="seed of the random shapes")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune seeds per shape")
     a = p.parse_args()
-    if a.random < 0 or a.finetune_steps < 1 or a.jobs < 1 or min(a.seeds) < 0:
-        p.error("--random >= 0, --finetune-steps >= 1, --jobs >= 1, --seeds >= 0")
+    if a.random < 0 or a.finalists < 0 or a.finetune_steps < 1 or a.jobs < 1 or min(a.seeds) < 0:
+        p.error("--random and --finalists >= 0, --finetune-steps >= 1, --jobs >= 1, --seeds >= 0")
     run = Path(a.run)
     plan = json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else {}
     entry = plan.get("budgets", {}).get(a.budget)
     if not entry or "widths" not in entry.get("methods", {}).get("edgeprune", {}):
         p.error(f"no edgeprune pick at budget {a.budget!r} in {run / 'plan.json'}: run side_by_side.py plan first")
     import torch
-
     from side_by_side import open_session
     cfg = json.loads((run / "config.json").read_text())
     torch.set_num_threads(a.jobs)
@@ -133,7 +144,7 @@ def main() -> int:
     goal = table.predict(entry["methods"]["edgeprune"]["widths"])
     if state.setdefault("goal_ms", goal) != goal:
         p.error(f"{path} holds shapes fitted to {state['goal_ms']:.4f} ms, not {goal:.4f}: move it aside")
-    widths = shapes(s, table, entry, goal, a.random, a.seed)
+    widths = shapes(s, table, entry, goal, a.random, a.seed, a.finalists)
     score_all(s, run, widths, a.finetune_steps, state)
     for row in state["shapes"].values():
         row["predicted_ms"] = table.predict(row["widths"])

@@ -23,6 +23,7 @@ Measure-heavy ``plan`` and ``recheck`` should run alone; ``finetune`` may use bo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ from edgeprune.runtime.cpus import passive_openmp
 
 passive_openmp()  # before torch loads
 
-from edgeprune.artifacts.onnxio import atomic_write  # noqa: E402
+from edgeprune.artifacts.onnxio import atomic_write  # noqa: E402 (after passive_openmp)
 
 METHODS = ("edgeprune", "uniform-tp", "uniform-nni", "global-latency", "global-macs", "edgeprune-capacity")
 FIRST = ("edgeprune", "uniform-tp", "edgeprune-capacity")  # fine-tuned first: the comparisons the issue turns on
@@ -186,8 +187,9 @@ def baseline_method(name: str, s, table, goal_ms: float, ref, ref_macs: float):
         m = b.match(lambda r: b.global_magnitude(s.model, s.input_shape, r), pred, goal_ms, 0.0, 0.9,
                     s.target, ref, s.input_shape)
     else:  # global-macs: MACs matched, latency only measured
-        cache = {}
-        build = lambda r: cache[r] if r in cache else cache.setdefault(r, b.global_magnitude(s.model, s.input_shape, r))
+        @functools.cache
+        def build(r: float):
+            return b.global_magnitude(s.model, s.input_shape, r)
         knob = b.bisect(lambda r: b.macs(build(r), s.input_shape), ref_macs, 0.0, 0.9)
         return build(knob), {"knob": knob}
     return m.model, matched(m)
@@ -228,8 +230,8 @@ def interleaved(target, unpruned_onnx: str, methods: dict) -> dict:
     names = ["unpruned", *methods]
     paths = [unpruned_onnx, *(methods[n]["onnx"] for n in methods)]
     lats = target.measure_many(paths)
-    return {n: {"median_ms": l.median_ms, "p90_ms": l.p90_ms, "window_medians_ms": list(l.window_medians_ms)}
-            for n, l in zip(names, lats)}
+    return {n: {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "window_medians_ms": list(lat.window_medians_ms)}
+            for n, lat in zip(names, lats)}
 
 
 def usable(methods: dict) -> dict:

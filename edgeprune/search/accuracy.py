@@ -92,7 +92,7 @@ class Score:
 
 @dataclass
 class Candidate:
-    origin: str                 # uniform, importance, greedy, random, mutation; "rescaled <origin>"
+    origin: str                 # uniform, importance, greedy, random, mutation; "rescaled/carried <origin>"
     budget_ms: float            # the (predicted) budget it was scaled to
     shape: Shape
     widths: dict[str, int]
@@ -251,8 +251,11 @@ def rank(cands: list[Candidate], objective: str, final: bool = False) -> list[Ca
 
 
 def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: SearchConfig,
-               importance_scores: dict[str, np.ndarray] | None = None, objective: str = "adaptive-bn") -> AbnResult:
-    """The best candidate by ``objective`` among shapes scaled to ``budget_ms`` (see the module doc)."""
+               importance_scores: dict[str, np.ndarray] | None = None, objective: str = "adaptive-bn",
+               carried: list[Candidate] | None = None) -> AbnResult:
+    """The best candidate by ``objective`` among shapes scaled to ``budget_ms`` (see the module doc).
+    ``carried``: another budget's finalists, whose shapes join the pool (origin "carried ...")
+    and may be mutated like any other (``ShapePlanner``)."""
     t0 = time.perf_counter()
     acfg = scorer.cfg
     rng = np.random.default_rng(acfg.seed)
@@ -269,6 +272,8 @@ def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: S
         add("importance", shape_of(table, planned))
     if acfg.greedy_steps:
         add("greedy", shape_of(table, greedy_widths(table, scorer, budget_ms, cfg, acfg.greedy_steps)))
+    for c in carried or ():
+        add(f"carried {c.origin.split()[-1]}", c.shape)
     for _ in range(acfg.samples):
         add("random", random_shape(table, rng, cfg.min_ratio))
     for _ in range(acfg.refine):
@@ -327,7 +332,15 @@ class ShapePlanner:
     finalists scaled to 0.260 ms scored at most 44.8% (uniform 46.0%), where a new search found
     56.6% in about 3 minutes. A search whose candidates all came out the same (the table said
     the unpruned model fits; the loop's measurement then said it does not) never stands for
-    another budget."""
+    another budget.
+
+    A new search starts from the earlier searches' finalists too (``_carried``): scaled to the
+    new budget they compete and are mutated like any shape. Without them each search started
+    from scratch, and a loop that moved through four budgets could end on a worse shape than
+    one it had already found: ResNet-18 at 32 px, 35% (BENCHMARKS.md, session 16), the second
+    round's search found 81.4% at 0.347 ms; the searches at 0.310 and 0.329 ms, from scratch,
+    found at most 69.7%, and the loop kept the uniform shape (63.6%), which after fine-tuning
+    tied the uniform prune."""
 
     RESEARCH = 0.05
 
@@ -347,6 +360,16 @@ class ShapePlanner:
     @property
     def candidates(self) -> list[Candidate]:
         return [c for _, r in self.searches for c in r.candidates] + self.rescaled
+
+    def _carried(self) -> list[Candidate]:
+        """The earlier searches' finalists (one per shape; the uniform and kept-importance plans
+        are made anew at every budget), for a new search's pool."""
+        out: dict[tuple, Candidate] = {}
+        for _, found in (s for s in self.searches if not s[1].degenerate):
+            for c in found.candidates:
+                if c.final is not None and c.origin.split()[-1] not in ("uniform", "importance"):
+                    out.setdefault(tuple(round(v, 4) for _, v in sorted(c.shape.items())), c)
+        return list(out.values())
 
     def _rescale(self, found: AbnResult, budget_ms: float) -> dict[str, int]:
         """The search's finalists scaled to ``budget_ms`` and scored again; the best wins.
@@ -372,7 +395,8 @@ class ShapePlanner:
         if near:
             widths = self._rescale(min(near, key=lambda x: x[0])[1], budget_ms)
         else:
-            found = abn_search(self.table, self.scorer, budget_ms, self.cfg, self.scores, self.objective)
+            found = abn_search(self.table, self.scorer, budget_ms, self.cfg, self.scores, self.objective,
+                               self._carried())
             self.searches.append((budget_ms, found))
             widths = found.best.widths
         return SearchResult(widths, self.table.predict(widths), budget_ms, self.table.predict(self.table.groups),
