@@ -47,8 +47,10 @@ def shapes(s, table, plan_entry: dict, goal_ms: float, n_random: int, seed: int,
                     key=lambda c: -c["accuracy"])
     seen = [out["edgeprune"], out["uniform"]]
     for c in scored:
+        if len(seen) - 2 >= n_finalists:
+            break
         w = fit_shape(table, shape_of(table, c["widths"]), goal_ms, cfg)
-        if sum(1 for k in out if k.startswith("finalist")) < n_finalists and w not in seen:
+        if w not in seen:  # two candidates of other budgets can land on one shape here
             out[f"finalist{len(seen) - 2}"] = w
             seen.append(w)
     return out
