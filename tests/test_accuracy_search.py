@@ -109,7 +109,8 @@ def test_capacity_takes_the_most_macs_among_candidates_scoring_at_least_uniform(
 
 def test_rank_drops_candidates_below_the_uniform_score_and_refuses_unknown_objectives():
     from edgeprune.search.accuracy import Candidate, rank
-    cand = lambda origin, acc, macs: Candidate(origin, 1.0, {}, {}, 1.0, Score(acc, 0.0), Score(acc, 0.0), macs)
+    def cand(origin, acc, macs):
+        return Candidate(origin, 1.0, {}, {}, 1.0, Score(acc, 0.0), Score(acc, 0.0), macs)
     pool = [cand("uniform", 0.5, 10), cand("random", 0.4, 30), cand("mutation", 0.6, 20), cand("random", 0.7, 5)]
     assert [c.macs for c in rank(pool, "capacity")] == [20, 10, 5]  # 30 scored below uniform: dropped
     assert [c.macs for c in rank(pool, "adaptive-bn", final=True)] == [5, 20, 10, 30]
@@ -169,7 +170,8 @@ def test_rescaling_re_ranks_the_finalists(three):
     from edgeprune.search.accuracy import AbnResult, Candidate
     full = three.predict(three.groups)
     budget = 0.05 + 0.8 * (full - 0.05)
-    f = lambda w: (1.0 if w["c"] >= 184 else 0.0) + 0.1 * w["a"] / 64 + 0.1 * w["b"] / 128
+    def f(w):
+        return (1.0 if w["c"] >= 184 else 0.0) + 0.1 * w["a"] / 64 + 0.1 * w["b"] / 128
     scorer = FakeScorer(f)
     cfg = SearchConfig()
     found = []
