@@ -203,20 +203,27 @@ def test_a_new_search_starts_from_the_earlier_searches_finalists():
 
     def f(w):
         r = {g: w[g] / 64 for g in w}
-        return float(all(r[g] >= 0.75 for g in "abc") and all(r[g] <= 0.4 for g in "def")) + 0.01 * sum(r.values())
+        hit = all(r[g] >= 0.75 for g in "abc") and all(r[g] <= 0.4 for g in "def")
+        return float(hit) + 0.01 * sum(r.values()) + 0.005 * r["a"]  # the last term breaks ties
 
     first, later = 0.05 + 0.7 * (full - 0.05), 0.05 + 0.55 * (full - 0.05)
     found = []
-    for origin, shape in (("mutation", {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.25, "e": 0.25, "f": 0.25}),
+    for origin, shape in (("random", {"a": 0.5, "b": 0.6, "c": 0.7, "d": 0.8, "e": 0.9, "f": 1.0}),
+                          ("mutation", {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.25, "e": 0.25, "f": 0.25}),
+                          ("greedy", {"a": 0.3, "b": 0.3, "c": 0.3, "d": 1.0, "e": 1.0, "f": 1.0}),
+                          ("random", {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7, "e": 0.6, "f": 0.5}),
                           ("uniform", uniform(six))):
         w = fit_shape(six, shape, first, cfg)
         found.append(Candidate(origin, first, shape_of(six, w), w, six.predict(w), Score(f(w), 0), Score(f(w), 0)))
     assert abn_search(six, FakeScorer(f), later, cfg, None).best.final.accuracy < 1  # from scratch: not found
     planner = ShapePlanner(six, FakeScorer(f), cfg, None)
-    planner.searches.append((first, AbnResult(found[0], found)))
+    planner.searches.append((first, AbnResult(found[1], found)))
     r = planner(later)
     assert len(planner.searches) == 2 and r.predicted_ms <= later and f(r.widths) >= 1
-    assert [c.origin for c in planner.result.candidates if c.origin.startswith("carried")] == ["carried mutation"]
+    carried = [c for c in planner.result.candidates if c.origin.startswith("carried")]
+    # the search's CARRY best, never its uniform plan: the needle and the better of the others
+    assert len(carried) == ShapePlanner.CARRY == 2 and carried[0].origin == "carried mutation"
+    assert carried[1].kind == "random" and carried[1].widths == fit_shape(six, found[3].shape, later, cfg)
 
 
 def test_a_search_where_the_unpruned_model_fits_never_stands_for_another_budget(three):

@@ -45,15 +45,12 @@ def shapes(s, table, plan_entry: dict, goal_ms: float, n_random: int, seed: int,
         out[f"random{i}"] = fit_shape(table, random_shape(table, rng), goal_ms, cfg)
     scored = sorted((c for c in plan_entry["methods"]["edgeprune"].get("candidates", []) if "accuracy" in c),
                     key=lambda c: -c["accuracy"])
-    seen = [out["edgeprune"], out["uniform"]]
+    finalists: list[dict[str, int]] = []
     for c in scored:
-        if len(seen) - 2 >= n_finalists:
-            break
         w = fit_shape(table, shape_of(table, c["widths"]), goal_ms, cfg)
-        if w not in seen:  # two candidates of other budgets can land on one shape here
-            out[f"finalist{len(seen) - 2}"] = w
-            seen.append(w)
-    return out
+        if len(finalists) < n_finalists and w not in (*finalists, out["edgeprune"], out["uniform"]):
+            finalists.append(w)  # candidates of two budgets can land on one shape here
+    return out | {f"finalist{i}": w for i, w in enumerate(finalists)}
 
 
 def score_all(s, run: Path, widths: dict[str, dict[str, int]], steps: int, state: dict) -> None:

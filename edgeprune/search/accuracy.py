@@ -105,6 +105,11 @@ class Candidate:
     def score(self) -> Score:
         return self.final or self.screen
 
+    @property
+    def kind(self) -> str:
+        """How the shape was first made: the origin without "rescaled"/"carried"."""
+        return self.origin.split()[-1]
+
     def to_dict(self) -> dict:
         d = {"origin": self.origin, "budget_ms": round(self.budget_ms, 5), "widths": self.widths,
              "predicted_ms": round(self.predicted_ms, 5), "screen_accuracy": round(self.screen.accuracy, 5),
@@ -273,7 +278,7 @@ def abn_search(table: LatencyTable, scorer: AdaptiveBN, budget_ms: float, cfg: S
     if acfg.greedy_steps:
         add("greedy", shape_of(table, greedy_widths(table, scorer, budget_ms, cfg, acfg.greedy_steps)))
     for c in carried or ():
-        add(f"carried {c.origin.split()[-1]}", c.shape)
+        add(f"carried {c.kind}", c.shape)
     for _ in range(acfg.samples):
         add("random", random_shape(table, rng, cfg.min_ratio))
     for _ in range(acfg.refine):
@@ -343,6 +348,11 @@ class ShapePlanner:
     tied the uniform prune."""
 
     RESEARCH = 0.05
+    CARRY = 2  # per earlier search, its best finalists carried into a new one. Finalists of a
+    #            larger budget outscore the rest only by being larger; within a search they are
+    #            comparable. Where carried shapes won (EfficientNet-Lite0 at 35%, BENCHMARKS.md,
+    #            session 16), each was its own search's best; carrying every finalist had grown
+    #            a late search's pool from 51 to 79 candidates
 
     def __init__(self, table: LatencyTable, scorer: AdaptiveBN, cfg: SearchConfig,
                  importance_scores: dict[str, np.ndarray] | None = None, objective: str = "adaptive-bn"):
@@ -362,13 +372,13 @@ class ShapePlanner:
         return [c for _, r in self.searches for c in r.candidates] + self.rescaled
 
     def _carried(self) -> list[Candidate]:
-        """The earlier searches' finalists (one per shape; the uniform and kept-importance plans
-        are made anew at every budget), for a new search's pool."""
+        """Each earlier search's ``CARRY`` best finalists (one per shape; the uniform and
+        kept-importance plans are made anew at every budget), for a new search's pool."""
         out: dict[tuple, Candidate] = {}
         for _, found in (s for s in self.searches if not s[1].degenerate):
-            for c in found.candidates:
-                if c.final is not None and c.origin.split()[-1] not in ("uniform", "importance"):
-                    out.setdefault(tuple(round(v, 4) for _, v in sorted(c.shape.items())), c)
+            finalists = [c for c in found.candidates if c.final is not None and c.kind not in ("uniform", "importance")]
+            for c in rank(finalists, self.objective, final=True)[: self.CARRY]:
+                out.setdefault(tuple(round(v, 4) for _, v in sorted(c.shape.items())), c)
         return list(out.values())
 
     def _rescale(self, found: AbnResult, budget_ms: float) -> dict[str, int]:
