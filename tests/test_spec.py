@@ -194,13 +194,16 @@ def test_a_wheel_install_measures_and_prunes_on_a_built_in_target_from_any_direc
     r = wheel("measure", "tiny_resnet", "--input-size", "16", "--json")
     assert r.returncode == 0, r.stderr
     median = json.loads(r.stdout)["median_ms"]
-    r = wheel("prune", "tiny_resnet", "--input-size", "16", "--data", "digits", "--budget-ms", f"{0.8 * median:.4f}",
+    # 0.95x one reading: at 0.8x, beside another test process, the table profiled after that
+    # reading put the smallest allowed model 1.26x over the budget (0.049 against 0.039 ms) and
+    # the run was refused as infeasible (exit 2) before it measured anything (session 16)
+    r = wheel("prune", "tiny_resnet", "--input-size", "16", "--data", "digits", "--budget-ms", f"{0.95 * median:.4f}",
               "--epochs", "1", "--baseline-epochs", "1", "--candidates", "4", "--refine", "2", "--out", "run", "--json",
               "--levels", "3", "--calibrate", "8", "--validate", "2")  # a small table: this tests the install
     assert r.returncode in (0, 1), r.stderr  # 1: a 2-core host too busy to show the fit; never a crash
     assert "Traceback" not in r.stderr
     if r.returncode == 1 and not r.stdout.strip():
-        # the budget is 0.8x one reading: beside another test process (the suite runs in parallel)
+        # the budget is 0.95x one reading: beside another test process (the suite runs in parallel)
         # the loop can find no fit, which is said in one line (BudgetNotMet), with no report
         assert "rounds the best model measures" in r.stderr
     else:
