@@ -350,6 +350,53 @@ def test_an_anchored_reading_pools_several_paired_runs(tmp_path):
     assert pooled.runs == 25  # the candidate's samples of every run, scaled to the reading
 
 
+class NoisyShares(FakeTarget):
+    """The fake runtime paired with the unpruned model, whatever the candidate: run k's three
+    windows read ``shares[k]`` of the unpruned model, -6%, 0 and +6% about it (a shared host's
+    window noise; the last share repeats)."""
+
+    def __init__(self, shares: list[float]):
+        super().__init__(TargetSpec(name="noisy-shares", runtime="fake"))
+        self.shares, self.calls = list(shares), 0
+
+    def measure_alternating(self, path_a, path_b, timing=None):
+        from edgeprune.runtime.timing import Alternation
+        share = self.shares[min(self.calls, len(self.shares) - 1)]
+        self.calls += 1
+        windows = [share * k for k in (0.94, 1.0, 1.06)]
+        lats = tuple(replace(Latency.from_samples([m] * 5), window_medians_ms=tuple(m * w / share for w in windows))
+                     for m in (1.0, share))
+        return Alternation(tuple(tuple((1.0, w) for _ in range(5)) for w in windows), lats)
+
+
+def test_a_paired_reading_unsure_at_the_aim_is_pooled_before_the_loop_decides(tiny_model, tiny_table, scores, tmp_path):
+    """The first reading sits 1% over the aim, with the aim inside its windows' spread; more
+    runs put the model 4% under it. Taken as a miss, that noise costs a search and a round
+    (pool=0, the loop before session 17); pooled, the round fits as it stands."""
+    from edgeprune.artifacts.onnxio import export_onnx
+    from edgeprune.search.loop import Anchor, median_interval
+    full = tiny_table.predict({})
+    budget = 0.6 * full
+    aim = budget * (1 - LoopConfig().margin)
+    anchor = Anchor(export_onnx(tiny_model, INPUT_SHAPE, tmp_path / "unpruned.onnx"), full, reads=2)
+    shares = [1.01 * aim / full] * 2 + [0.96 * aim / full]
+    once = NoisyShares(shares)
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, once, budget, SearchConfig(),
+                   LoopConfig(confirm=0, pool=0), anchor)
+    assert len(r.rounds) == 2 and r.rounds[0].measured_ms > aim and not r.rounds[0].remeasured
+    pooled = NoisyShares(shares)
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, pooled, budget, SearchConfig(),
+                   LoopConfig(confirm=0), anchor)
+    assert len(r.rounds) == 1 and r.rounds[0].remeasured and pooled.calls == 4
+    assert aim * (1 - LoopConfig().slack) <= r.latency.median_ms <= aim
+    assert len(r.latency.window_medians_ms) == 12
+    # readings whose interval clears every edge (15% under the aim) are not pooled: one set of runs a round
+    sure = NoisyShares([0.85 * aim / full])
+    r = fit_budget(tiny_model, INPUT_SHAPE, tiny_table, scores, sure, budget, SearchConfig(), LoopConfig(confirm=0), anchor)
+    assert sure.calls == 2 * len(r.rounds) and not any(x.remeasured for x in r.rounds)
+    assert median_interval([5, 1, 4, 2, 3]) == (1, 5) and median_interval(list(range(15))) == (3, 11)
+
+
 class BiasedHost(FakeTarget):
     """A host that reads each pick ``biases[k]`` times the planner's prediction for it: a
     table off by a steady bias at the picks, plus the next reading's small noise."""
@@ -394,7 +441,8 @@ def test_a_step_aims_inside_the_window_not_at_its_edge(resnet18_setup, biases, r
 
 
 @pytest.mark.parametrize("bad", [{"centre": 1.5}, {"centre": -0.1}, {"centre": float("nan")}, {"margin": 1.0},
-                                 {"slack": -0.01}, {"max_rounds": 0}, {"confirm": -1}, {"grow": 0}, {"grow": 1.5}])
+                                 {"slack": -0.01}, {"max_rounds": 0}, {"confirm": -1}, {"grow": 0}, {"grow": 1.5},
+                                 {"pool": -1}])
 def test_loop_settings_out_of_range_are_refused_in_one_line(bad):
     """A loop setting out of range would aim outside its own window or never measure; the API
     takes a LoopConfig (PruneJob.loop), so it is refused where it is made."""

@@ -16,6 +16,8 @@ against the aim (the share times 1 - the loop's margin). ``--centres`` runs each
 must land in (the loop before session 13), 0.5 at the window's middle (the default now).
 ``--grows`` does the same for ``LoopConfig.grow``: 1 grows a first fit far under the aim only
 on a confirmed reading (the loop before session 16), 0.10 whenever it lands 10% under.
+``--pools`` does the same for ``LoopConfig.pool``: 0 decides on the first paired reading (the
+loop before session 17), 1 pools a reading unsure at an edge with one more set of runs.
 """
 from __future__ import annotations
 
@@ -60,9 +62,10 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
                 except Exception as e:  # noqa: BLE001 (a loop that gives up is a finding)
                     rows.append({"budget": frac, "repeat": rep, "mode": label, "failed": f"{type(e).__name__}: {e}"[:200]})
                     continue
-                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}-{cfg.centre:g}-{cfg.grow:g}.onnx")
+                path = export_onnx(r.model, s.input_shape, tmp / f"{frac}-{rep}-{mode}-{cfg.centre:g}-{cfg.grow:g}-{cfg.pool}.onnx")
                 rows.append({"budget": frac, "repeat": rep, "mode": label, "onnx": str(path),
-                             "rounds": len(r.rounds), "seconds": round(time.perf_counter() - t0, 1),
+                             "rounds": len(r.rounds), "pooled": sum(x.remeasured for x in r.rounds),
+                             "seconds": round(time.perf_counter() - t0, 1),
                              "predicted_ms": r.search.predicted_ms, "loop_reading_ms": r.latency.median_ms,
                              "readings": [x.to_dict() for x in r.rounds]})
                 print(f"{frac:g} #{rep} {label}: {len(r.rounds)} rounds, predicted {r.search.predicted_ms:.4f}", flush=True)
@@ -70,15 +73,16 @@ def run_loops(a) -> tuple[list[dict], Path, object]:
 
 
 def variants(a) -> list[tuple[str, object]]:
-    """(label, LoopConfig) for every --centres x --grows setting; the label names only the
-    settings that vary, so a study of one setting reads as before."""
+    """(label, LoopConfig) for every --centres x --grows x --pools setting; the label names only
+    the settings that vary, so a study of one setting reads as before."""
+    from itertools import product
+
     from edgeprune.search.loop import LoopConfig
     out = []
-    for centre in a.centres:
-        for grow in a.grows:
-            name = ", ".join(s for s, many in ((f"centre {centre:g}", len(a.centres) > 1),
-                                               (f"grow {grow:g}", len(a.grows) > 1)) if many)
-            out.append((name, LoopConfig(centre=centre, grow=grow)))
+    for centre, grow, pool in product(a.centres, a.grows, a.pools):
+        name = ", ".join(s for s, many in ((f"centre {centre:g}", len(a.centres) > 1), (f"grow {grow:g}", len(a.grows) > 1),
+                                           (f"pool {pool}", len(a.pools) > 1)) if many)
+        out.append((name, LoopConfig(centre=centre, grow=grow, pool=pool)))
     return out
 
 
@@ -159,8 +163,10 @@ def main() -> int:
                    help="LoopConfig.centre values, each loop run with each in turn (0 = aim at the window's edge)")
     p.add_argument("--grows", nargs="+", type=float, default=[0.10],
                    help="LoopConfig.grow values, in turn with each centre (1 = a first fit is grown only on a confirmed reading)")
-    a = parse_study(p, lambda a: all(0 <= c <= 1 for c in a.centres) and all(0 < g <= 1 for g in a.grows),
-                    "--centres in [0, 1]; --grows in (0, 1]")
+    p.add_argument("--pools", nargs="+", type=int, default=[1],
+                   help="LoopConfig.pool values, in turn with the others (0 = decide on the first paired reading)")
+    a = parse_study(p, lambda a: all(0 <= c <= 1 for c in a.centres) and all(0 < g <= 1 for g in a.grows)
+                    and all(n >= 0 for n in a.pools), "--centres in [0, 1]; --grows in (0, 1]; --pools >= 0")
     from side_by_side import save_json
 
     from edgeprune.search.loop import LoopConfig

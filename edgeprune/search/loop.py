@@ -60,6 +60,11 @@ class LoopConfig:
     #                        the reading was confirmed far under it): ResNet-18 at 32 px read 10% under its
     #                        prediction, unconfirmed, and the loop kept a model 14% under a 50% budget
     #                        after one round (BENCHMARKS.md, session 16); 1 = never on one reading
+    pool: int = 1          # a paired reading whose 95% interval holds one of the round's edges (the
+    #                        aim, the window's floor) is pooled with up to this many more sets of
+    #                        ``Anchor.reads`` runs before the loop decides (0 = never): ResNet-18's
+    #                        50% loop read 0.639 against an aim of 0.638, searched again as for a
+    #                        miss, and kept a model 12% under its budget after 5 rounds (session 17)
 
     def __post_init__(self):
         bad = [f"{k} {v}" for k, v, ok in (("max_rounds", self.max_rounds, self.max_rounds >= 1),
@@ -67,10 +72,11 @@ class LoopConfig:
                                            ("slack", self.slack, 0 <= self.slack < 1),
                                            ("centre", self.centre, 0 <= self.centre <= 1),
                                            ("confirm", self.confirm, self.confirm >= 0),
-                                           ("grow", self.grow, 0 < self.grow <= 1)) if not ok]
+                                           ("grow", self.grow, 0 < self.grow <= 1),
+                                           ("pool", self.pool, self.pool >= 0)) if not ok]
         if bad:  # NaN fails every comparison, so it is refused too
             raise UsageError(f"loop settings out of range: {', '.join(bad)} (max_rounds >= 1; margin and slack "
-                             "in [0, 1); centre in [0, 1]; confirm >= 0; grow in (0, 1])")
+                             "in [0, 1); centre in [0, 1]; confirm >= 0; grow in (0, 1]; pool >= 0)")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class Round:
     predicted_ms: float
     measured_ms: float
     measured_p90_ms: float
-    remeasured: bool = False  # the first reading was far from the prediction and was taken again
+    remeasured: bool = False  # the first reading was far from the prediction and was taken again (paired:
+    #                           it was unsure at an edge and pooled with more runs, ``LoopConfig.pool``)
     calibrated_ms: float | None = None  # the profile's own prediction, before landings corrected it
     yardstick: float | None = None  # paired rounds: how far the unpruned model moved off the table
     #                                 against the candidate (``yardstick_drift``); 1 = together
@@ -171,7 +178,7 @@ def fit_budget(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTab
         tried.add(key)
         pruned = prune_to_widths(model, input_shape, result.widths, cfg.importance, engine=cfg.engine)
         latency, again, confirmed, drift = measure_round(pruned, input_shape, target, result.predicted_ms, cfg.confirm,
-                                                         anchor)
+                                                         anchor, (aim, aim * (1 - cfg.slack)), cfg.pool)
         rounds.append(Round(len(rounds) + 1, search_budget, result.predicted_ms, latency.median_ms, latency.p90_ms, again,
                             table.calibrated(result.widths), drift))
         landed.append((result.widths, latency.median_ms))  # far readings were confirmed above
@@ -291,21 +298,28 @@ def yardstick_drift(alts: list[Alternation], level_ms: float, predicted_ms: floa
 
 
 def measure_round(model: nn.Module, input_shape: tuple[int, ...], target: Target, predicted_ms: float | None = None,
-                  confirm: float = 0.0, anchor: Anchor | None = None) -> tuple[Latency, bool, bool, float | None]:
+                  confirm: float = 0.0, anchor: Anchor | None = None, edges: tuple[float, ...] = (),
+                  pool: int = 0) -> tuple[Latency, bool, bool, float | None]:
     """One round's measurement: (latency, re-measured, confirmed, yardstick), the last being
     ``yardstick_drift`` for a paired reading and None for one read alone. When the reading is more than
     ``confirm`` off the prediction, a second one is taken and the least-disturbed windows of
     both kept (``Latency.least_disturbed``); ``confirmed`` when the second reading is off the same way.
     A real miss reads the same twice; a neighbour's burst does not. A reading paired with an
-    ``anchor`` is not taken again: a burst hits both sides of its pairs, so a far reading is
-    the table's error, confirmed as it stands."""
+    ``anchor`` is not taken again for being far: a burst hits both sides of its pairs, so a far
+    reading is the table's error, confirmed as it stands. It is pooled with up to ``pool`` more
+    sets of runs while one of ``edges`` (the loop's decision points) lies inside its 95%
+    interval (``unsure_at``): there the verdict is the windows' noise, and a wrong one costs a
+    search and a round."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
         if anchor is not None:
             alts = alternations(target, anchor, onnx)
+            pooled = 0
+            while pooled < pool and unsure_at(alts, anchor, edges):
+                alts, pooled = alts + alternations(target, anchor, onnx), pooled + 1
             latency = anchored_reading(alts, anchor)
             off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
-            return (latency, False, bool(confirm) and abs(off) > confirm,
+            return (latency, pooled > 0, bool(confirm) and abs(off) > confirm,
                     yardstick_drift(alts, anchor.level_ms, predicted_ms))
         latency = target.measure(onnx)
         off = latency.median_ms / predicted_ms - 1 if predicted_ms else 0.0
@@ -326,6 +340,25 @@ def measure_anchored(target: Target, anchor: Anchor, onnx: Path) -> Latency:
 def alternations(target: Target, anchor: Anchor, onnx: Path) -> list[Alternation]:
     """``anchor.reads`` alternating runs of the unpruned model (first) and ``onnx``."""
     return [target.measure_alternating(anchor.onnx, onnx) for _ in range(max(1, anchor.reads))]
+
+
+def unsure_at(alts: list[Alternation], anchor: Anchor, edges: tuple[float, ...]) -> bool:
+    """Whether one of ``edges`` lies inside the 95% interval of the paired reading's median
+    (``median_interval`` over every window's ratio times ``anchor.level_ms``)."""
+    lo, hi = median_interval([anchor.level_ms * r for a in alts for r in a.window_ratios])
+    return any(lo <= e <= hi for e in edges)
+
+
+def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free interval for the median of ``values``: the order statistics k and
+    n - 1 - k with k = floor((n - z sqrt(n)) / 2), about 95% at z = 1.96 (the binomial count of
+    values under the median). Window ratios have heavy tails on a shared host (one neighbour's
+    burst), so no spread is assumed."""
+    s = sorted(values)
+    if not s:
+        return float("inf"), float("-inf")
+    k = max(0, int((len(s) - z * len(s) ** 0.5) / 2))
+    return s[k], s[len(s) - 1 - k]
 
 
 def anchored_reading(alts: list[Alternation], anchor: Anchor) -> Latency:
