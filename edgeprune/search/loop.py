@@ -343,22 +343,13 @@ def alternations(target: Target, anchor: Anchor, onnx: Path) -> list[Alternation
 
 
 def unsure_at(alts: list[Alternation], anchor: Anchor, edges: tuple[float, ...]) -> bool:
-    """Whether one of ``edges`` lies inside the 95% interval of the paired reading's median
-    (``median_interval`` over every window's ratio times ``anchor.level_ms``)."""
-    lo, hi = median_interval([anchor.level_ms * r for a in alts for r in a.window_ratios])
-    return any(lo <= e <= hi for e in edges)
-
-
-def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """A distribution-free interval for the median of ``values``: the order statistics k and
-    n - 1 - k with k = floor((n - z sqrt(n)) / 2), about 95% at z = 1.96 (the binomial count of
-    values under the median). Window ratios have heavy tails on a shared host (one neighbour's
-    burst), so no spread is assumed."""
-    s = sorted(values)
-    if not s:
-        return float("inf"), float("-inf")
-    k = max(0, int((len(s) - z * len(s) ** 0.5) / 2))
-    return s[k], s[len(s) - 1 - k]
+    """Whether one of ``edges`` lies inside the 95% interval of the paired reading, in the
+    anchor's units: the interval ``check`` and the pipeline's verdict put on a paired ratio
+    (``compare_paired``: whole windows resampled, so a neighbour's burst that spoils one
+    window widens it as it should)."""
+    from edgeprune.checks.comparison import compare_paired
+    c = compare_paired([w for a in alts for w in a.log_ratios], anchor.level_ms, anchor.level_ms)
+    return any(anchor.level_ms * c.low <= e <= anchor.level_ms * c.high for e in edges)
 
 
 def anchored_reading(alts: list[Alternation], anchor: Anchor) -> Latency:
